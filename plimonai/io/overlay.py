@@ -1,0 +1,146 @@
+"""Quick-look PNG overlays: downsampled section image with the tissue-mask border drawn on top."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from skimage.measure import block_reduce
+from skimage.segmentation import find_boundaries
+
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_data_type
+
+from .writers import PathLike, atomic_path, source_path, split_image_name
+
+__all__ = ["overlay_path_for", "render_overlay", "save_overlay", "SaveOverlayd"]
+
+#: Pre-stride so the float copy that area averaging needs is at most about this many times the output size.
+_PRESTRIDE_HEADROOM = 4
+
+
+def _as_2d(x: NdarrayOrTensor, name: str) -> np.ndarray:
+    arr = convert_data_type(x, np.ndarray)[0]
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (H, W) or (1, H, W), got {tuple(arr.shape)}.")
+    return arr
+
+
+def _downsample(arr: np.ndarray, max_size: int, func: Any) -> np.ndarray:
+    """Stride, then area-average (``func`` over blocks, NaN-padded) until the longer side <= max_size."""
+    stride = max(1, math.ceil(max(arr.shape) / max_size) // _PRESTRIDE_HEADROOM)
+    arr = arr[::stride, ::stride].astype(np.float32)
+    factor = math.ceil(max(arr.shape) / max_size)
+    if factor <= 1:
+        return arr
+    with warnings.catch_warnings():  # all-NaN blocks give NaN, which is what we want
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return block_reduce(arr, (factor, factor), func=func, cval=np.nan)
+
+
+def _stretch(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Robust contrast stretch over finite pixels to uint8; non-finite pixels become 0."""
+    finite = np.isfinite(img)
+    out = np.zeros(img.shape, np.uint8)
+    if not finite.any():
+        return out
+    lo, hi = np.percentile(img[finite], percentiles)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out[finite] = np.clip((img[finite] - lo) * scale, 0, 255).astype(np.uint8)
+    return out
+
+
+def render_overlay(
+    image: NdarrayOrTensor,
+    mask: NdarrayOrTensor,
+    max_size: int = 1024,
+    color: tuple[int, int, int] = (255, 0, 0),
+    percentiles: tuple[float, float] = (1.0, 99.0),
+) -> np.ndarray:
+    """Overlay as an RGB array.
+
+    Args:
+        image: (H, W) or (1, H, W), any real dtype; NaN/inf allowed.
+        mask: (H, W) or (1, H, W) binary, same spatial size; values > 0 are tissue.
+        max_size: longer side of the result, at most.
+        color: RGB colour of the mask border.
+        percentiles: contrast stretch range over the finite (downsampled) pixels.
+
+    Returns:
+        (h, w, 3) uint8 with ``max(h, w) <= max_size``.
+    """
+    img2d, mask2d = _as_2d(image, "image"), _as_2d(mask, "mask")
+    if img2d.shape != mask2d.shape:
+        raise ValueError(f"image {img2d.shape} and mask {mask2d.shape} must have the same spatial size.")
+    small = _downsample(img2d, max_size, np.nanmean)
+    # majority vote keeps the border where the image shows it; NaN padding is ignored by nanmean
+    small_mask = _downsample(mask2d > 0, max_size, np.nanmean) >= 0.5
+    gray = _stretch(small, percentiles)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgb[find_boundaries(small_mask, mode="inner")] = color
+    return rgb
+
+
+def overlay_path_for(image_path: PathLike, output_dir: PathLike, suffix: str = "_overlay") -> Path:
+    """``output_dir/NAME{suffix}.png`` for an input ``.../NAME.<tif|tiff|nii|nii.gz|h5|hdf5>``."""
+    stem, _ = split_image_name(image_path)
+    return Path(output_dir) / f"{stem}{suffix}.png"
+
+
+def save_overlay(
+    path: PathLike,
+    image: NdarrayOrTensor,
+    mask: NdarrayOrTensor,
+    max_size: int = 1024,
+    color: tuple[int, int, int] = (255, 0, 0),
+) -> Path:
+    """Write :func:`render_overlay` as an RGB PNG, atomically; returns ``path``."""
+    path = Path(path)
+    rgb = render_overlay(image, mask, max_size=max_size, color=color)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+class SaveOverlayd(MapTransform):
+    """Write ``OUT/NAME{suffix}.png`` from ``data[keys[0]]`` (image) and ``data[keys[1]]`` (mask).
+
+    The source name comes from ``data[keys[0]].meta["filename_or_obj"]`` (else ``data["image_path"]``);
+    the written path is recorded as ``str`` in ``data[path_key]``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "pred"),
+        output_dir: PathLike = ".",
+        suffix: str = "_overlay",
+        max_size: int = 1024,
+        color: Sequence[int] = (255, 0, 0),
+        path_key: str = "overlay_path",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"SaveOverlayd needs keys=(image_key, mask_key), got {self.keys}.")
+        self.output_dir = Path(output_dir)
+        self.suffix = suffix
+        self.max_size = max_size
+        self.color = tuple(int(c) for c in color)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image_key, mask_key = self.keys
+        if self.allow_missing_keys and (image_key not in d or mask_key not in d):
+            return d
+        path = overlay_path_for(source_path(d, str(image_key)), self.output_dir, self.suffix)
+        d[self.path_key] = str(save_overlay(path, d[image_key], d[mask_key], self.max_size, self.color))
+        return d

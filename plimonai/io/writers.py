@@ -1,0 +1,320 @@
+"""Atomic writers for binary tissue masks (TIFF and NIfTI).
+
+Output contract: for an input ``.../NAME.tif`` (``.tiff``, ``.nii``, ``.nii.gz``; ``.h5``/``.hdf5``
+inputs get a TIFF mask) the mask is ``OUT/NAME_mask.<same extension>``: (H, W) ``uint8``,
+1 = tissue, 0 = background, same height and width as the input.
+
+Pixel order: mask row ``r``, column ``c`` is stored as TIFF row ``r``, column ``c`` (``tifffile.imread``
+order) and as NIfTI voxel ``[r, c]`` (nibabel / MONAI ``NibabelReader`` order, no transpose), with the
+input's affine; so a mask reloaded the same way as its input lines up pixel for pixel.
+
+Every file is written to a hidden temp file in the target folder (``.NAME_mask.tif.tmp-<pid>``) and
+moved into place with ``os.replace``, so an interrupted run never leaves a half-written mask that a
+resume would take as done. MONAI's ``SaveImage`` neither writes atomically nor names outputs this way,
+hence :class:`SaveMaskd`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Union
+
+import nibabel as nib
+import numpy as np
+import tifffile
+
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_data_type, ensure_tuple_rep
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "TILED_MIN_SIDE",
+    "TILE_SHAPE",
+    "split_image_name",
+    "mask_path_for",
+    "atomic_path",
+    "is_temp_path",
+    "write_mask",
+    "source_path",
+    "SaveMaskd",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Recognised input extensions (longest first so ``.nii.gz`` wins over ``.gz``-less ``.nii``).
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".tiff", ".tif", ".hdf5", ".h5")
+#: Output extension for inputs whose format has no mask writer (yet); others keep the input's extension.
+_MASK_EXTENSION = {".h5": ".tif", ".hdf5": ".tif"}
+#: Masks with a side longer than this are written tiled with a downsampled sub-IFD level.
+TILED_MIN_SIDE = 4096
+TILE_SHAPE = (512, 512)
+_TEMP_MARKER = ".tmp-"
+_TEMP_RE = re.compile(r"^\..+\.tmp-\d+$")
+_NIFTI1_MAX_DIM = 32767  # NIfTI-1 stores dims as int16
+
+
+def split_image_name(path: PathLike) -> tuple[str, str]:
+    """Split an image file name into ``(stem, extension)``, handling ``.nii.gz``.
+
+    The extension keeps the file's spelling (case); raises ``ValueError`` for unsupported extensions.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext) :]
+    raise ValueError(f"Unsupported image file {str(path)!r}: expected one of {', '.join(IMAGE_EXTENSIONS)}.")
+
+
+def mask_path_for(image_path: PathLike, output_dir: PathLike, suffix: str = "_mask") -> Path:
+    """Mask path for an input image: ``output_dir/NAME{suffix}{ext}``.
+
+    ``ext`` is the input's extension (``.tif``, ``.tiff``, ``.nii``, ``.nii.gz``), ``.tif`` for HDF5 inputs.
+    Raises ``ValueError`` for unsupported inputs and when the mask would overwrite the input.
+    """
+    stem, ext = split_image_name(image_path)
+    ext = _MASK_EXTENSION.get(ext.lower(), ext)
+    out = Path(output_dir) / f"{stem}{suffix}{ext}"
+    if out.resolve() == Path(image_path).resolve():
+        raise ValueError(f"Mask path {str(out)!r} would overwrite the input image; use a suffix or another folder.")
+    return out
+
+
+def is_temp_path(path: PathLike) -> bool:
+    """True for temp files left by :func:`atomic_path` (``.NAME.tmp-<pid>``), e.g. after a crash."""
+    return bool(_TEMP_RE.match(Path(path).name))
+
+
+@contextmanager
+def atomic_path(final_path: PathLike) -> Iterator[Path]:
+    """Yield a temp path next to ``final_path``; on success move it onto ``final_path`` with ``os.replace``.
+
+    The parent folder is created. On any error the temp file is removed and the error re-raised, so
+    ``final_path`` either keeps its previous state or holds the complete new file.
+    """
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}{_TEMP_MARKER}{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _mask_to_uint8(mask: NdarrayOrTensor, path: PathLike) -> np.ndarray:
+    """(H, W) or (1, H, W) binary numpy/torch -> C-contiguous (H, W) uint8 in {0, 1}."""
+    arr = convert_data_type(mask, np.ndarray)[0]
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"Mask for {str(path)!r} must have shape (H, W) or (1, H, W), got {tuple(arr.shape)}.")
+    if arr.dtype == bool:
+        return np.ascontiguousarray(arr).view(np.uint8)
+    if np.issubdtype(arr.dtype, np.integer):
+        ok = arr.size == 0 or (arr.min() >= 0 and arr.max() <= 1)
+    else:
+        ok = bool(((arr == 0) | (arr == 1)).all())
+    if not ok:
+        raise ValueError(f"Mask for {str(path)!r} must be binary (0/1); threshold probabilities before writing.")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _is_nifti(path: PathLike) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_tiff(path: PathLike) -> bool:
+    return str(path).lower().endswith((".tif", ".tiff"))
+
+
+def _tiff_resolution(reference: PathLike | None) -> dict[str, Any]:
+    """X/Y resolution tags of a reference TIFF (pixel size), as ``TiffWriter.write`` keyword arguments."""
+    if reference is None or not _is_tiff(reference):
+        return {}
+    with tifffile.TiffFile(reference) as tif:
+        tags = tif.pages[0].tags
+        if "XResolution" not in tags or "YResolution" not in tags:
+            return {}
+        unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else None
+        return {"resolution": (tags["XResolution"].value, tags["YResolution"].value), "resolutionunit": unit}
+
+
+def _pyramid_factor(shape: tuple[int, int]) -> int:
+    """2 if that brings the longer side down to <= TILED_MIN_SIDE, else 4.
+
+    Capped at 4 because tifffile only recognises sub-IFDs downsampled by 2, 3 or 4 as pyramid levels.
+    """
+    return 2 if max(shape) <= 2 * TILED_MIN_SIDE else 4
+
+
+def _write_tiff(fh: Any, mask: np.ndarray, reference: PathLike | None) -> None:
+    res = _tiff_resolution(reference)
+    opts: dict[str, Any] = {"photometric": "minisblack", "compression": "zlib", "metadata": None}
+    with tifffile.TiffWriter(fh, bigtiff=mask.nbytes > 2**31) as tif:
+        if max(mask.shape) <= TILED_MIN_SIDE:
+            tif.write(mask, **opts, **res)
+            return
+        tif.write(mask, tile=TILE_SHAPE, subifds=1, **opts, **res)
+        factor = _pyramid_factor(mask.shape)
+        if res:  # the preview level's pixels are `factor` times larger
+            res = dict(res, resolution=tuple(_scale_rational(r, factor) for r in res["resolution"]))
+        # nearest (strided) subsampling: the level is a preview, a mask needs no averaging
+        tif.write(mask[::factor, ::factor], tile=TILE_SHAPE, subfiletype=1, **opts, **res)
+
+
+def _scale_rational(value: Any, factor: int) -> Any:
+    if isinstance(value, tuple):
+        return (value[0], value[1] * factor)
+    return float(value) / factor
+
+
+def _as_affine4(affine: Any) -> np.ndarray:
+    """4 x 4 float64 affine from a numpy/torch 4 x 4 or 2D (3 x 3) affine."""
+    a = np.asarray(convert_data_type(affine, np.ndarray)[0], dtype=np.float64)
+    if a.shape == (3, 3):  # 2D affine: insert an identity z axis
+        a = np.array([[a[0, 0], a[0, 1], 0, a[0, 2]], [a[1, 0], a[1, 1], 0, a[1, 2]], [0, 0, 1, 0], [0, 0, 0, 1]])
+    if a.shape != (4, 4):
+        raise ValueError(f"affine must be 4 x 4 (or 3 x 3 for 2D), got {a.shape}.")
+    return a
+
+
+def _nifti_image(mask: np.ndarray, affine: Any, reference: PathLike | None) -> nib.Nifti1Image:
+    ref = nib.load(reference) if reference is not None and _is_nifti(reference) else None
+    if affine is None:
+        affine = ref.affine if ref is not None else np.eye(4)
+    affine = _as_affine4(affine)
+    cls = nib.Nifti2Image if max(mask.shape) > _NIFTI1_MAX_DIM else nib.Nifti1Image
+    img = cls(mask, affine)
+    img.header.set_data_dtype(np.uint8)
+    img.header["cal_min"], img.header["cal_max"] = 0, 1
+    if ref is not None:
+        hdr = ref.header
+        img.header.set_xyzt_units(*hdr.get_xyzt_units())
+        qcode, scode = int(hdr.get("qform_code", 0)), int(hdr.get("sform_code", 0))
+        if qcode or scode:  # keep the input's qform/sform codes so the best affine is the same one
+            img.set_qform(affine, code=qcode)
+            img.set_sform(affine, code=scode)
+    return img
+
+
+def _write_nifti(tmp: Path, final: Path, img: nib.Nifti1Image) -> None:
+    # nibabel picks format and gzip from the file name, which the temp name hides: write via file objects
+    gz = str(final).lower().endswith(".gz")
+    with gzip.open(tmp, "wb", compresslevel=1) if gz else open(tmp, "wb") as fh:  # level 1: nibabel's default
+        img.to_file_map(img.make_file_map({"image": fh, "header": fh}))
+
+
+def write_mask(
+    path: PathLike,
+    mask: NdarrayOrTensor,
+    affine: NdarrayOrTensor | None = None,
+    reference: PathLike | None = None,
+) -> Path:
+    """Write a binary mask atomically, format chosen by the suffix of ``path``.
+
+    Args:
+        path: ``.tif``/``.tiff`` (zlib; tiled 512 x 512 plus one downsampled sub-IFD level when a
+            side exceeds ``TILED_MIN_SIDE``) or ``.nii``/``.nii.gz``.
+        mask: (H, W) or (1, H, W) numpy/torch with values in {0, 1} (bool, int or float); stored as
+            (H, W) ``uint8``.
+        affine: NIfTI only: 4 x 4 voxel-to-world affine (e.g. ``meta["original_affine"]`` of the
+            input); defaults to the reference's affine, else identity.
+        reference: optional path of the source image: a NIfTI reference supplies the affine (if not
+            given), qform/sform codes and units; a TIFF reference supplies the resolution tags.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    if not (_is_tiff(path) or _is_nifti(path)):
+        raise ValueError(f"Unsupported mask file {str(path)!r}: use .tif, .tiff, .nii or .nii.gz.")
+    data = _mask_to_uint8(mask, path)
+    if _is_tiff(path):
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            _write_tiff(fh, data, reference)
+    else:
+        img = _nifti_image(data, affine, reference)
+        with atomic_path(path) as tmp:
+            _write_nifti(tmp, path, img)
+    return path
+
+
+def source_path(data: Mapping[Hashable, Any], image_key: str = "image", path_key: str = "image_path") -> str:
+    """Source file of a data item: ``data[image_key].meta["filename_or_obj"]``, else ``data[path_key]``."""
+    img = data.get(image_key)
+    name = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+    if isinstance(name, (list, tuple)):  # collated meta
+        name = name[0] if len(name) == 1 else None
+    if not name:
+        name = data.get(path_key)
+    if not name:
+        raise KeyError(f"No source file name: neither {image_key!r}.meta['filename_or_obj'] nor {path_key!r} is set.")
+    return str(name)
+
+
+def _meta_affine(*items: Any) -> np.ndarray | None:
+    """``original_affine`` (else ``affine``) from the first MetaTensor among ``items`` that has one."""
+    for item in items:
+        if isinstance(item, MetaTensor):
+            for key in ("original_affine", "affine"):
+                value = item.meta.get(key)
+                if value is not None:
+                    return _as_affine4(value)
+    return None
+
+
+class SaveMaskd(MapTransform):
+    """Write ``data[key]`` as the mask of the item's source image, atomically.
+
+    The file is ``mask_path_for(source, output_dir, suffix)``, the source name coming from
+    ``data[image_key].meta["filename_or_obj"]`` (else ``data["image_path"]``). NIfTI masks get the
+    image's ``meta["original_affine"]`` (else ``meta["affine"]``, else the source header's affine).
+    The written path is recorded as ``str`` in ``data[path_key]``; the mask itself is left unchanged.
+
+    Input: ``data[key]`` (H, W) or (1, H, W) binary mask, numpy/torch/MetaTensor.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: PathLike,
+        suffix: str | Sequence[str] = "_mask",
+        image_key: str = "image",
+        path_key: str | Sequence[str] = "mask_path",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        """
+        Args:
+            keys: mask key(s), usually ``"pred"``.
+            output_dir: folder for the masks (created if missing).
+            suffix: appended to the source stem; one per key when several keys are given.
+            image_key: key of the source image (a MetaTensor with ``filename_or_obj``).
+            path_key: where to record the written path; one per key when several keys are given.
+            allow_missing_keys: don't raise for missing mask keys.
+        """
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.suffix = ensure_tuple_rep(suffix, len(self.keys))
+        self.path_key = ensure_tuple_rep(path_key, len(self.keys))
+        if len(set(self.suffix)) != len(self.suffix) or len(set(self.path_key)) != len(self.path_key):
+            raise ValueError("SaveMaskd with several keys needs one distinct suffix and path_key per key.")
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        src = source_path(d, self.image_key)
+        for key, suffix, path_key in self.key_iterator(d, self.suffix, self.path_key):
+            path = mask_path_for(src, self.output_dir, suffix)
+            affine = _meta_affine(d.get(self.image_key), d[key]) if _is_nifti(path) else None
+            reference = src if os.path.isfile(src) else None
+            d[path_key] = str(write_mask(path, d[key], affine=affine, reference=reference))
+        return d

@@ -1,0 +1,88 @@
+"""Process-level speed settings: glibc allocator tuning and thread counts.
+
+Eager PyTorch on CPU allocates activations larger than glibc's mmap threshold with mmap and
+returns them to the OS on free, so every layer of every window faults its memory in again.
+Raising the mmap and trim thresholds keeps those blocks in the heap (measured 2-2.7x faster on
+the 2-core development machine; see bundle/docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+
+__all__ = ["tune_allocator", "available_cores", "configure_threads", "setup_runtime"]
+
+logger = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_TUNED: bool | None = None
+
+
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 4 << 30) -> bool:
+    """Tell glibc's malloc to keep large blocks (``mallopt`` via ctypes). Idempotent.
+
+    Returns True when applied, False where glibc is absent (macOS, musl, jemalloc preloaded...).
+    Set ``PLIMONAI_ALLOCATOR=default`` to skip.
+    """
+    global _TUNED
+    if _TUNED is not None:
+        return _TUNED
+    _TUNED = False
+    if os.environ.get("PLIMONAI_ALLOCATOR", "").lower() in ("default", "off", "0"):
+        return False
+    if "jemalloc" in os.environ.get("LD_PRELOAD", "") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return False  # another allocator is preloaded: leave it alone
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # mallopt caps M_MMAP_THRESHOLD at HEAP_MAX (32 MiB on 64-bit); ask for the max it accepts
+    ok_mmap = bool(mallopt(_M_MMAP_THRESHOLD, min(mmap_threshold, 2**31 - 1))) or bool(
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    )
+    ok_trim = bool(mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)))
+    _TUNED = ok_mmap and ok_trim
+    return _TUNED
+
+
+def available_cores() -> int:
+    """Cores this process may use: affinity mask, then SLURM/MPI hints for ranks sharing a node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit():
+        return max(1, min(cores, int(slurm)))
+    local_size = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or os.environ.get("MPI_LOCALNRANKS") or os.environ.get(
+        "LOCAL_WORLD_SIZE"
+    )
+    if local_size and local_size.isdigit() and int(local_size) > 1:
+        # each rank only sees the whole node's mask when not pinned; share it
+        return max(1, cores // int(local_size))
+    return max(1, cores)
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set torch intra-op threads (default: :func:`available_cores`) and return the count."""
+    import torch
+
+    n = int(num_threads) if num_threads else available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def setup_runtime(num_threads: int | None = None, allocator: bool = True) -> dict:
+    """Apply allocator and thread settings; returns what was applied (for logs and summaries)."""
+    tuned = tune_allocator() if allocator else False
+    threads = configure_threads(num_threads)
+    info = {"allocator_tuned": tuned, "threads": threads}
+    logger.info("plimonai runtime: %s", info)
+    return info

@@ -1,0 +1,53 @@
+"""Small shared fixtures: hand-made slices and a deterministic stand-in network."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def disk(shape, cy, cx, r):
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def make_slice(shape=(300, 420), seed=0, dtype=np.uint16):
+    """Glass background with two tissue pieces (one with a ventricle), a few dust specks.
+
+    Returns (image (H, W) of ``dtype``, mask (H, W) uint8). Transmittance: glass 0.9, tissue 0.45.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    mask = disk(shape, h * 0.5, w * 0.3, min(h, w) * 0.3) | disk(shape, h * 0.5, w * 0.75, min(h, w) * 0.2)
+    hole = disk(shape, h * 0.5, w * 0.3, min(h, w) * 0.1)
+    mask &= ~hole
+    t = np.where(mask, 0.45, 0.9) + rng.normal(0, 0.01, shape)
+    for _ in range(6):  # dust: small dark specks on glass
+        cy, cx = rng.integers(5, h - 5), rng.integers(5, w - 5)
+        if not mask[max(0, cy - 8): cy + 8, max(0, cx - 8): cx + 8].any():
+            t[disk(shape, cy, cx, 2)] = 0.4
+    t = np.clip(t, 0, 1)
+    if dtype == np.uint16:
+        img = (t * 60000).astype(np.uint16)
+    elif dtype == np.uint8:
+        img = (t * 255).astype(np.uint8)
+    else:
+        img = t.astype(dtype)
+    return img, mask.astype(np.uint8)
+
+
+class ThresholdNet(nn.Module):
+    """Deterministic stand-in for a trained U-Net: tissue logit = k * (attenuation - threshold).
+
+    (B, 1, H, W) -> (B, 2, H, W). Lets pipeline tests check post-processing and IO exactly.
+    """
+
+    def __init__(self, threshold: float = 0.25, k: float = 40.0) -> None:
+        super().__init__()
+        self.threshold, self.k = threshold, k
+        self.dummy = nn.Parameter(torch.zeros(1))  # so checkpoint/device code has a parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.k * (x[:, :1] - self.threshold) + 0 * self.dummy
+        return torch.cat([-t, t], dim=1)

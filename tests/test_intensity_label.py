@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from helpers import make_slice
+from plimonai.transforms.intensity import NormalizeTransmittance, NormalizeTransmittanced
+from plimonai.transforms.label import BinarizeLabeld, CheckSameSized, LabelValueError
+
+
+def test_value_range_invariance_uint16_uint8_float():
+    outs = []
+    for dt in (np.uint16, np.uint8, np.float32):
+        img, _ = make_slice(dtype=dt)
+        outs.append(NormalizeTransmittance()(torch.as_tensor(img.astype(np.float32))[None]))
+    assert torch.allclose(outs[0], outs[2], atol=2e-3)
+    assert torch.allclose(outs[1], outs[2], atol=2e-2)  # 8-bit quantisation
+
+
+def test_glass_near_zero_tissue_positive():
+    img, mask = make_slice(dtype=np.float32)
+    out = NormalizeTransmittance()(torch.as_tensor(img)[None])[0].numpy()
+    assert abs(np.median(out[mask == 0])) < 0.03
+    assert np.median(out[mask == 1]) > 0.4
+
+
+def test_zero_and_nan_pixels_are_invalid_and_background():
+    img, _ = make_slice(dtype=np.float32)
+    img[:, :40] = 0.0  # unscanned border
+    img[100:110, 200:210] = np.nan
+    img[0, 0] = np.inf
+    d = NormalizeTransmittanced("image")({"image": MetaTensor(torch.as_tensor(img)[None])})
+    out, valid = d["image"], d["valid"]
+    assert torch.isfinite(out).all()
+    assert (out[0, :, :40] == 0).all() and (valid[0, :, :40] == 0).all()
+    assert (valid[0, 100:110, 200:210] == 0).all() and valid[0, 0, 0] == 0
+    assert valid.dtype == torch.uint8 and valid.shape == (1, *img.shape)
+    assert np.isclose(out.meta["glass_level"], 0.9, atol=0.03)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, np.nan])
+def test_constant_and_empty_images_are_defined(value):
+    out, valid = NormalizeTransmittance()(torch.full((1, 20, 30), value), return_valid=True)
+    assert torch.isfinite(out).all() and (out == 0).all()
+    if value != 0.5:
+        assert valid.sum() == 0
+
+
+def test_binarize_accepts_01_and_0255_and_names_bad_file():
+    for hi in (1, 255):
+        lab = MetaTensor(torch.tensor([[[0, hi], [hi, 0]]], dtype=torch.uint8), meta={"filename_or_obj": "lab.tif"})
+        out = BinarizeLabeld("label")({"label": lab})["label"]
+        assert out.tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
+    bad = MetaTensor(torch.tensor([[[0, 1], [2, 0]]]), meta={"filename_or_obj": "/data/lab7.tif"})
+    with pytest.raises(LabelValueError, match="lab7.tif"):
+        BinarizeLabeld("label")({"label": bad})
+
+
+def test_binarize_keeps_ignore_value_when_set():
+    lab = torch.tensor([[[0, 1], [255, 0]]], dtype=torch.uint8)
+    out = BinarizeLabeld("label", ignore_value=255)({"label": lab})["label"]
+    assert out.tolist() == [[[0.0, 1.0], [255.0, 0.0]]]
+
+
+def test_size_mismatch_names_both_files():
+    a = MetaTensor(torch.zeros(1, 10, 12), meta={"filename_or_obj": "img3.tif"})
+    b = MetaTensor(torch.zeros(1, 10, 13), meta={"filename_or_obj": "lab3.tif"})
+    with pytest.raises(ValueError, match="img3.tif.*lab3.tif"):
+        CheckSameSized(["image", "label"])({"image": a, "label": b})
