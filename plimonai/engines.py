@@ -6,6 +6,8 @@ import logging
 import time
 import traceback
 
+import torch
+
 from ignite.engine import Engine
 from monai.engines import SupervisedEvaluator
 
@@ -37,7 +39,8 @@ class SliceEvaluator(SupervisedEvaluator):
         if err:
             return self._failed(engine, name, path, str(_first(err)), load_s, t0)
         try:
-            super()._iteration(engine, batchdata)
+            with torch.inference_mode():  # lighter than no_grad; nothing here needs autograd
+                super()._iteration(engine, batchdata)
         except Exception as e:  # isolate the slice; the others still run
             logger.debug(traceback.format_exc())
             return self._failed(engine, name, path, f"{type(e).__name__}: {e}", load_s, t0)

@@ -52,20 +52,27 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 4 << 30)
 
 
 def available_cores() -> int:
-    """Cores this process may use: affinity mask, then SLURM/MPI hints for ranks sharing a node."""
+    """Cores for this process's intra-op threads.
+
+    ``PLIMONAI_NUM_THREADS`` if set; else the affinity mask, capped by ``SLURM_CPUS_PER_TASK``, and
+    shared among the processes a launcher started on the same cores (torchrun ``LOCAL_WORLD_SIZE``,
+    MPICH/Open MPI local rank counts). torch's own ``OMP_NUM_THREADS=1`` default under torchrun is
+    deliberately ignored: it leaves CPU nodes idle.
+    """
+    explicit = os.environ.get("PLIMONAI_NUM_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit():
-        return max(1, min(cores, int(slurm)))
-    local_size = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or os.environ.get("MPI_LOCALNRANKS") or os.environ.get(
-        "LOCAL_WORLD_SIZE"
-    )
-    if local_size and local_size.isdigit() and int(local_size) > 1:
-        # each rank only sees the whole node's mask when not pinned; share it
-        return max(1, cores // int(local_size))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit():
+        cores = min(cores, int(slurm))
+    for var in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        local = os.environ.get(var, "")
+        if local.isdigit() and int(local) > 1:
+            return max(1, cores // int(local))
     return max(1, cores)
 
 

@@ -54,6 +54,7 @@ class SliceSummaryHandler:
         gather_fn: under MPI, a function that gathers every rank's rows on rank 0 (returns ``None``
             on other ranks, which then write nothing).
         filename: summary file name.
+        fields: CSV columns (default ``SUMMARY_FIELDS``; e.g. add ``"rank"`` under MPI).
     """
 
     def __init__(
@@ -63,9 +64,11 @@ class SliceSummaryHandler:
         pred_key: str = "pred",
         gather_fn: Callable[[list[dict]], list[dict] | None] | None = None,
         filename: str = "summary.csv",
+        fields: Sequence[str] | None = None,
     ) -> None:
         self.output_dir, self.dataset, self.pred_key = Path(output_dir), dataset, pred_key
         self.gather_fn, self.filename = gather_fn, filename
+        self.fields = list(fields) if fields else list(SUMMARY_FIELDS)
         self.rows: list[dict] = []
         self.t_start = time.perf_counter()
         self.totals: dict = {}
@@ -129,7 +132,7 @@ class SliceSummaryHandler:
         rows = self.skipped_rows() + rows
         order = {p: i for i, p in enumerate(getattr(self.dataset, "all_paths", []))}
         rows.sort(key=lambda r: order.get(r.get("image"), len(order)))
-        _write_csv_atomic(self.output_dir / self.filename, rows, SUMMARY_FIELDS)
+        _write_csv_atomic(self.output_dir / self.filename, rows, self.fields)
         wall = time.perf_counter() - self.t_start
         n = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "skipped")}
         self.totals = {"done": n["ok"], "failed": n["failed"], "skipped": n["skipped"], "wall_seconds": wall,

@@ -1,0 +1,3 @@
+from .sliding_window import FlipTTAPredictor, GlassSkipPredictor, PLISlidingWindowInferer
+
+__all__ = ["FlipTTAPredictor", "GlassSkipPredictor", "PLISlidingWindowInferer"]
