@@ -4,6 +4,7 @@ Subprocess runs import this module (``PYTHONPATH=tests``) for the test-only netw
 """
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from monai.bundle import ConfigWorkflow
 
 from helpers import ThresholdNet, make_slice
@@ -127,6 +129,18 @@ def test_dispatchers_and_prefetch():
     assert got == [0, 1]
 
 
+def test_rank_helpers_without_mpi():
+    from plimonai.distributed import cores_per_rank, install_abort_hook, rank_device, row_gatherer
+    from plimonai.runtime import available_cores
+
+    assert cores_per_rank(None) == available_cores()
+    assert rank_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    hook = sys.excepthook
+    install_abort_hook(None)
+    assert sys.excepthook is hook  # one process: nothing to abort
+    assert row_gatherer(None)([{"slice": "a"}]) == [{"slice": "a", "rank": 0}]
+
+
 @pytest.mark.parametrize("no_mpi", [False, True])
 def test_single_process_fallback_merged_config(tmp_path, monkeypatch, no_mpi):
     """The merged config without mpiexec (MPI singleton, or no MPI at all) runs every slice in one process."""
@@ -151,6 +165,31 @@ def test_single_process_fallback_merged_config(tmp_path, monkeypatch, no_mpi):
 
 
 # ---------------------------------------------------------------- mpiexec -n 2
+
+
+COUNTER_SCRIPT = """
+import json, sys, time
+from mpi4py import MPI
+from plimonai.distributed import make_dispatcher
+comm = MPI.COMM_WORLD
+got = []
+for i in make_dispatcher("dynamic", comm).indices(60):
+    got.append(i)
+    if comm.rank == 0:
+        time.sleep(0.1)  # busy without MPI calls: the others' claims must not wait for it
+parts = comm.gather(got, root=0)
+if comm.rank == 0:
+    print(json.dumps(parts))
+"""
+
+
+@needs_mpi
+def test_dynamic_counter_exactly_once_while_rank0_busy():
+    r = run([MPIEXEC, "-n", "2", sys.executable, "-c", COUNTER_SCRIPT])
+    assert r.returncode == 0, r.stderr[-2000:]
+    parts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(parts[0] + parts[1]) == list(range(60))  # every index exactly once
+    assert len(parts[1]) > 3 * len(parts[0])  # rank 1 kept claiming while rank 0 was busy
 
 
 @needs_mpi

@@ -78,7 +78,6 @@ class DispatchedSlices(IterableDataset):
     def __init__(self, dataset, dispatcher, prefetch: bool = True) -> None:
         super().__init__()
         self.dataset, self.dispatcher, self.prefetch = dataset, dispatcher, bool(prefetch)
-        self.count = 0  # items this rank processed
 
     @property
     def skipped(self) -> list[dict]:
@@ -94,6 +93,4 @@ class DispatchedSlices(IterableDataset):
         indices = self.dispatcher.indices(len(self.dataset))
         load = self.dataset.__getitem__
         items = prefetched(indices, load) if self.prefetch else map(load, indices)
-        for item in items:
-            self.count += 1
-            yield item
+        yield from items

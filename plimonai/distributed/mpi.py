@@ -129,15 +129,19 @@ def cores_per_rank(comm: Any | None = None) -> int:
 
 
 def rank_device(comm: Any | None = None) -> torch.device:
-    """This rank's device: the node-local GPU ``local_rank % device_count`` (made current), else CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
+    """This rank's device: the node-local GPU ``local_rank % device_count`` (made current), else CPU.
+    Collective (every rank takes part, with or without a GPU)."""
     local_rank, local_size = local_rank_size(comm)
-    n = torch.cuda.device_count()
-    if local_size > n:
-        logger.warning("%d ranks on this node share %d GPU(s)", local_size, n)
-    dev = torch.device("cuda", local_rank % n)
-    torch.cuda.set_device(dev)
+    if not torch.cuda.is_available():
+        dev = torch.device("cpu")
+    else:
+        n = torch.cuda.device_count()
+        if local_size > n:
+            logger.warning("%d ranks on this node share %d GPU(s)", local_size, n)
+        dev = torch.device("cuda", local_rank % n)
+        torch.cuda.set_device(dev)
+    logger.info("plimonai rank %d/%d: local rank %d of %d, device %s", rank_of(comm), size_of(comm), local_rank,
+                local_size, dev)
     return dev
 
 
