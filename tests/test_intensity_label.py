@@ -67,3 +67,26 @@ def test_size_mismatch_names_both_files():
     b = MetaTensor(torch.zeros(1, 10, 13), meta={"filename_or_obj": "lab3.tif"})
     with pytest.raises(ValueError, match="img3.tif.*lab3.tif"):
         CheckSameSized(["image", "label"])({"image": a, "label": b})
+
+
+def test_flat_field_removes_vignetting():
+    img, mask = make_slice((300, 420), dtype=np.float32)
+    yy, xx = np.mgrid[0:300, 0:420]
+    vignette = 1.0 - 0.35 * (((yy - 150) / 150.0) ** 2 + ((xx - 210) / 210.0) ** 2) / 2 + 0.1 * (xx / 420.0)
+    t = torch.as_tensor(img * vignette)[None]
+    flat = NormalizeTransmittance(flat_field_degree=3)(t)[0].numpy()
+    single = NormalizeTransmittance(flat_field_degree=None)(t)[0].numpy()
+    glass = mask == 0
+    # corners of the glass are far from 0 with one glass level, close to 0 with the fitted field
+    assert np.percentile(single[glass], 95) > 0.15
+    assert np.percentile(np.abs(flat[glass]), 95) < 0.05
+    assert np.median(flat[mask == 1]) > 0.4
+
+
+def test_flat_field_falls_back_when_no_glass_shows():
+    from plimonai.transforms.intensity import estimate_illumination
+
+    t = np.full((64, 64), 0.5, np.float32)
+    assert estimate_illumination(t, np.zeros_like(t, bool)) is None  # nothing valid
+    out = NormalizeTransmittance(flat_field_degree=3)(torch.full((1, 64, 64), 0.5))
+    assert torch.allclose(out, torch.zeros_like(out), atol=1e-6)

@@ -99,7 +99,7 @@ class PLIUNet(nn.Module):
     @property
     def size_multiple(self) -> int:
         """Spatial sizes that need no internal padding are multiples of this."""
-        return 2**self.depth
+        return int(2**self.depth)  # int(): TorchScript types int ** int as float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -113,7 +113,7 @@ class PLIUNet(nn.Module):
             s, x = enc(x)
             skips.append(s)
         x = self.bottleneck(x)
-        for dec, s in zip(self.decoders, reversed(skips)):
-            x = dec(x, s)
+        for i, dec in enumerate(self.decoders):  # indexing, not reversed(): TorchScript-compatible
+            x = dec(x, skips[len(skips) - 1 - i])
         x = self.head(x)
         return x[..., :h, :w] if (ph or pw) else x

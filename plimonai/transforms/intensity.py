@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
+import warnings
+
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -20,6 +22,7 @@ from monai.utils.type_conversion import convert_to_tensor
 __all__ = [
     "valid_pixel_mask",
     "estimate_glass_level",
+    "estimate_illumination",
     "NormalizeTransmittance",
     "NormalizeTransmittanced",
 ]
@@ -50,6 +53,63 @@ def estimate_glass_level(
     return float(np.percentile(vals.detach().cpu().numpy(), percentile))
 
 
+def _poly_basis(n: int, degree: int) -> np.ndarray:
+    """(degree + 1, n) powers of coordinates scaled to [-1, 1]."""
+    u = np.linspace(-1.0, 1.0, n, dtype=np.float64)
+    return np.stack([u**k for k in range(degree + 1)])
+
+
+def estimate_illumination(
+    trans: np.ndarray,
+    valid: np.ndarray,
+    degree: int = 3,
+    n_blocks: int = 32,
+    percentile: float = 95.0,
+    iters: int = 6,
+    min_glass_blocks: float = 0.1,
+) -> np.ndarray | None:
+    """Smooth glass-transmittance field ``B (H, W)`` (flat field), or None when too little glass shows.
+
+    The slice is cut into about ``n_blocks`` blocks along its short side; each block's ``percentile``
+    of valid pixels is its upper envelope (glass where the block shows glass). A 2D polynomial of
+    ``degree`` is fitted to those values, iteratively rejecting blocks far below the fit (tissue, ink,
+    slide edges), so vignetting and illumination gradients divide out and pale grey matter is
+    compared with the glass next to it rather than with the brightest glass of the slide.
+    """
+    h, w = trans.shape
+    b = max(4, min(h, w) // n_blocks)
+    hb, wb = h // b, w // b
+    if hb < degree + 1 or wb < degree + 1:
+        return None
+    x = np.where(valid[: hb * b, : wb * b], trans[: hb * b, : wb * b], -np.inf).reshape(hb, b, wb, b)
+    x = x[:, ::2, :, ::2].transpose(0, 2, 1, 3).reshape(hb, wb, -1)  # every 4th pixel is plenty
+    v = np.percentile(x, percentile, axis=2)  # invalid pixels (-inf) sort below: only mostly-invalid blocks suffer
+    v[~np.isfinite(v) | (np.isinf(x).mean(axis=2) > 0.5)] = np.nan
+    by, bx = _poly_basis(hb, degree), _poly_basis(wb, degree)
+    pairs = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+    a = np.stack([np.outer(by[i], bx[j]).ravel() for i, j in pairs], axis=1)
+    vv = v.ravel()
+    finite = np.isfinite(vv)
+    keep = finite & (vv >= np.nanmedian(vv)) if finite.any() else finite
+    for _ in range(iters):
+        if keep.sum() < max(3 * len(pairs), min_glass_blocks * finite.sum()):
+            return None
+        coef, *_ = np.linalg.lstsq(a[keep], vv[keep], rcond=None)
+        r = vv - a @ coef
+        sigma = 1.4826 * np.median(np.abs(r[keep])) + 1e-9
+        keep = finite & (r > -3.0 * sigma)
+    # evaluate at every pixel: block centres map to the same [-1, 1] coordinates
+    uy = np.clip(((np.arange(h) + 0.5) / b - 0.5) / max(hb - 1, 1) * 2 - 1, -1.2, 1.2)
+    ux = np.clip(((np.arange(w) + 0.5) / b - 0.5) / max(wb - 1, 1) * 2 - 1, -1.2, 1.2)
+    py, px = np.stack([uy**k for k in range(degree + 1)]), np.stack([ux**k for k in range(degree + 1)])
+    field = np.zeros((h, w), np.float32)
+    for i in range(degree + 1):
+        row = sum(coef[pairs.index((i, j))] * px[j] for j in range(degree + 1 - i))
+        field += np.outer(py[i], row).astype(np.float32)
+    med = float(np.median(vv[keep]))
+    return np.clip(field, 0.5 * med, 1.5 * med)
+
+
 class NormalizeTransmittance(Transform):
     """Transmittance ``T`` -> attenuation ``1 - T / T_glass``, clipped, invalid pixels -> 0.
 
@@ -59,6 +119,9 @@ class NormalizeTransmittance(Transform):
         clip: output range.
         channel: the transmittance channel; other channels (e.g. retardation) are left unchanged
             except that invalid pixels are zeroed.
+        flat_field_degree: divide by a fitted illumination field of this polynomial degree
+            (:func:`estimate_illumination`) instead of one glass level; ``None`` for one level. Falls
+            back to one level when too little glass shows.
 
     Input ``(C, H, W)`` any real dtype; output ``(C, H, W)`` float32 (MetaTensor meta kept, with
     ``glass_level`` added). ``__call__(img, return_valid=True)`` also returns the (1, H, W) uint8 valid mask.
@@ -71,7 +134,9 @@ class NormalizeTransmittance(Transform):
         invalid_value: float | None = 0.0,
         clip: Sequence[float] = (-0.5, 1.0),
         channel: int = 0,
+        flat_field_degree: int | None = 3,
     ) -> None:
+        self.flat_field_degree = flat_field_degree
         self.glass_percentile = glass_percentile
         self.invalid_value = invalid_value
         self.clip = (float(clip[0]), float(clip[1]))
@@ -86,7 +151,11 @@ class NormalizeTransmittance(Transform):
         glass = estimate_glass_level(trans, valid, self.glass_percentile)
         out = torch.zeros_like(x)
         if np.isfinite(glass) and glass > 0:
-            out[self.channel] = (1.0 - trans / glass).clamp_(*self.clip)
+            field = None
+            if self.flat_field_degree is not None:
+                field = estimate_illumination(trans.numpy(), valid.numpy(), degree=self.flat_field_degree)
+            ref = torch.from_numpy(field) if field is not None else glass
+            out[self.channel] = (1.0 - trans / ref).clamp_(*self.clip)
             for c in range(x.shape[0]):
                 if c != self.channel:
                     out[c] = torch.nan_to_num(x[c], nan=0.0, posinf=0.0, neginf=0.0)
@@ -113,11 +182,12 @@ class NormalizeTransmittanced(MapTransform):
         invalid_value: float | None = 0.0,
         clip: Sequence[float] = (-0.5, 1.0),
         channel: int = 0,
+        flat_field_degree: int | None = 3,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.valid_key = valid_key
-        self.normalizer = NormalizeTransmittance(glass_percentile, invalid_value, clip, channel)
+        self.normalizer = NormalizeTransmittance(glass_percentile, invalid_value, clip, channel, flat_field_degree)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
