@@ -86,15 +86,14 @@ def make_slices(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray]
     return out
 
 
-def run_naive(slices, net_def: dict, ckpt: str | None, out_dir: Path) -> tuple[float, list[float]]:
-    from monai.bundle import ConfigParser
+def run_naive(slices, make_net, ckpt: str | None, out_dir: Path) -> tuple[float, list[float]]:
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import EnsureChannelFirst, KeepLargestConnectedComponent, LoadImage, SaveImage
 
     from plimonai.data import TiffFileReader
     from plimonai.transforms.intensity import NormalizeTransmittance
 
-    net = ConfigParser({"n": net_def}).get_parsed_content("n")
+    net = make_net()
     if ckpt:
         net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
     net.eval()
@@ -146,16 +145,19 @@ def main() -> None:
 
     cfg = ConfigParser()
     cfg.read_config(str(ROOT / "bundle/configs/inference.json"))
-    net_def = cfg.config["network_def"]
+
+    def make_net() -> torch.nn.Module:
+        return cfg.get_parsed_content("network_def", lazy=False)
+
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         slices = make_slices(tmp, args.n, args.seed)
         (tmp / "list.txt").write_text("\n".join(str(p) for p, _ in slices))
-        naive_s, naive_d = run_naive(slices, net_def, ckpt, tmp / "naive")  # default allocator: before tuning
-        ours_s, ours_d, timer = run_ours(slices, tmp / "list.txt", tmp / "ours", ckpt, {"num_workers": 0})
+        naive_s, naive_d = run_naive(slices, make_net, ckpt, tmp / "naive")  # default allocator: before tuning
+        ours_s, ours_d, timer = run_ours(slices, tmp / "list.txt", tmp / "ours", ckpt, {})  # config defaults
     peak = matmul_peak_gflops()
-    flops = conv_flops(ConfigParser({"n": net_def}).get_parsed_content("n").eval(), (1024, 1024))
+    flops = conv_flops(make_net().eval(), (1024, 1024))
     gflops = flops * timer.windows / timer.seconds / 1e9
     lines = [
         "# Inference benchmark (scripts/bench_inference.py)",

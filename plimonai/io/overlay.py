@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from skimage.measure import block_reduce
 from skimage.segmentation import find_boundaries
 
 from monai.config import KeysCollection, NdarrayOrTensor
@@ -21,8 +19,6 @@ from .writers import PathLike, atomic_path, source_path, split_image_name
 
 __all__ = ["overlay_path_for", "render_overlay", "save_overlay", "SaveOverlayd"]
 
-#: Pre-stride so the float copy that area averaging needs is at most about this many times the output size.
-_PRESTRIDE_HEADROOM = 4
 
 
 def _as_2d(x: NdarrayOrTensor, name: str) -> np.ndarray:
@@ -34,16 +30,25 @@ def _as_2d(x: NdarrayOrTensor, name: str) -> np.ndarray:
     return arr
 
 
-def _downsample(arr: np.ndarray, max_size: int, func: Any) -> np.ndarray:
-    """Stride, then area-average (``func`` over blocks, NaN-padded) until the longer side <= max_size."""
-    stride = max(1, math.ceil(max(arr.shape) / max_size) // _PRESTRIDE_HEADROOM)
-    arr = arr[::stride, ::stride].astype(np.float32)
-    factor = math.ceil(max(arr.shape) / max_size)
-    if factor <= 1:
-        return arr
-    with warnings.catch_warnings():  # all-NaN blocks give NaN, which is what we want
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return block_reduce(arr, (factor, factor), func=func, cval=np.nan)
+def _downsample(arr: np.ndarray, max_size: int) -> np.ndarray:
+    """Block-mean (NaN-aware) by the smallest integer factor that brings the longer side <= max_size.
+
+    A reshape-based mean (skimage's ``block_reduce`` with ``nanmean`` cost ~0.4 s per LAP slice);
+    the last partial block row/column is averaged over its pixels too.
+    """
+    f = math.ceil(max(arr.shape) / max_size)
+    if f <= 1:
+        return arr.astype(np.float32)
+    h, w = arr.shape
+    hh, ww = math.ceil(h / f), math.ceil(w / f)
+    a = np.full((hh * f, ww * f), np.nan, np.float32)
+    a[:h, :w] = arr
+    a = a.reshape(hh, f, ww, f)
+    finite = np.isfinite(a)
+    total = np.where(finite, a, 0.0).sum(axis=(1, 3))
+    count = finite.sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
 def _stretch(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
@@ -80,9 +85,9 @@ def render_overlay(
     img2d, mask2d = _as_2d(image, "image"), _as_2d(mask, "mask")
     if img2d.shape != mask2d.shape:
         raise ValueError(f"image {img2d.shape} and mask {mask2d.shape} must have the same spatial size.")
-    small = _downsample(img2d, max_size, np.nanmean)
-    # majority vote keeps the border where the image shows it; NaN padding is ignored by nanmean
-    small_mask = _downsample(mask2d > 0, max_size, np.nanmean) >= 0.5
+    small = _downsample(img2d, max_size)
+    # majority vote keeps the border where the image shows it; padding is ignored
+    small_mask = _downsample(mask2d > 0, max_size) >= 0.5
     gray = _stretch(small, percentiles)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     rgb[find_boundaries(small_mask, mode="inner")] = color
@@ -106,7 +111,7 @@ def save_overlay(
     path = Path(path)
     rgb = render_overlay(image, mask, max_size=max_size, color=color)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3)
     return path
 
 

@@ -83,7 +83,8 @@ def estimate_illumination(
         return None
     x = np.where(valid[: hb * b, : wb * b], trans[: hb * b, : wb * b], -np.inf).reshape(hb, b, wb, b)
     x = x[:, ::2, :, ::2].transpose(0, 2, 1, 3).reshape(hb, wb, -1)  # every 4th pixel is plenty
-    v = np.percentile(x, percentile, axis=2)  # invalid pixels (-inf) sort below: only mostly-invalid blocks suffer
+    with np.errstate(invalid="ignore"):  # -inf - -inf in the interpolation: such blocks become NaN
+        v = np.percentile(x, percentile, axis=2)  # invalid pixels (-inf) sort below the valid ones
     v[~np.isfinite(v) | (np.isinf(x).mean(axis=2) > 0.5)] = np.nan
     by, bx = _poly_basis(hb, degree), _poly_basis(wb, degree)
     pairs = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
