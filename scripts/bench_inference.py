@@ -149,7 +149,6 @@ def main() -> None:
     def make_net() -> torch.nn.Module:
         return cfg.get_parsed_content("network_def", lazy=False)
 
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         slices = make_slices(tmp, args.n, args.seed)

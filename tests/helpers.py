@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import tifffile
 import torch
 from torch import nn
 
@@ -51,3 +55,19 @@ class ThresholdNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.k * (x[:, :1] - self.threshold) + 0 * self.dummy
         return torch.cat([-t, t], dim=1)
+
+
+def write_datalist(d: Path, n: int = 4, shape=(96, 128), n_val: int = 1, label_255_every: int = 0) -> Path:
+    """``n`` :func:`make_slice` slices as TIFF image/label pairs in ``d`` with a ``datalist.json``
+    (the last ``n_val`` for validation); every ``label_255_every``-th label (odd indices for 2)
+    is stored as 0/255. Returns ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        img, m = make_slice(shape, seed=i)
+        scale = 255 if label_255_every and i % label_255_every == label_255_every - 1 else 1
+        tifffile.imwrite(d / f"img{i}.tif", img)
+        tifffile.imwrite(d / f"lab{i}.tif", m * scale)
+        items.append({"image": f"img{i}.tif", "label": f"lab{i}.tif"})
+    (d / "datalist.json").write_text(json.dumps({"training": items[: n - n_val], "validation": items[n - n_val:]}))
+    return d

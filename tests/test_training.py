@@ -1,7 +1,6 @@
 """Tiny end-to-end training runs through MONAI's bundle runner: single process, resume, 2-process DDP."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from helpers import make_slice
+from helpers import write_datalist
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "bundle/configs/train.json")
@@ -23,16 +22,7 @@ TINY = ["--val_interval", "1", "--patch_size", "[64,64]", "--val_roi_size", "[64
 
 @pytest.fixture()
 def data(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    items = []
-    for i in range(4):
-        img, m = make_slice((96, 128), seed=i)
-        tifffile.imwrite(d / f"img{i}.tif", img)
-        tifffile.imwrite(d / f"lab{i}.tif", m * (255 if i % 2 else 1))  # 0/255 labels accepted too
-        items.append({"image": f"img{i}.tif", "label": f"lab{i}.tif"})
-    (d / "datalist.json").write_text(json.dumps({"training": items[:3], "validation": items[3:]}))
-    return d
+    return write_datalist(tmp_path / "data", label_255_every=2)  # 0/255 labels accepted too
 
 
 def train(data: Path, out: Path, *extra: str, config=TRAIN, launcher=(sys.executable, "-m")):

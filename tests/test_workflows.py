@@ -14,7 +14,7 @@ import torch
 from monai.bundle import ConfigParser, create_workflow
 from monai.bundle.properties import InferProperties, MetaProperties, TrainProperties
 
-from helpers import make_slice
+from helpers import make_slice, write_datalist
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "bundle" / "configs"
@@ -29,16 +29,7 @@ TINY_TRAIN = {"epochs": 1, "val_interval": 1, "patch_size": [64, 64], "val_roi_s
 
 @pytest.fixture()
 def data(tmp_path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    items = []
-    for i in range(4):
-        img, m = make_slice((96, 128), seed=i)
-        tifffile.imwrite(d / f"img{i}.tif", img)
-        tifffile.imwrite(d / f"lab{i}.tif", m)
-        items.append({"image": f"img{i}.tif", "label": f"lab{i}.tif"})
-    (d / "datalist.json").write_text(json.dumps({"training": items[:3], "validation": items[3:]}))
-    return d
+    return write_datalist(tmp_path / "data")
 
 
 def test_standard_ids_are_used():

@@ -21,6 +21,19 @@ from .shapes import FAR, Blob
 __all__ = ["Artifacts", "draw_artifacts", "ink_fields"]
 
 
+def _clipped_window(y: float, x: float, extent: float, y0: int, x0: int, h: int, w: int):
+    """Bounds ``(ya, yb, xa, xb)`` of a primitive's square of half-size ``extent`` around ``(y, x)``
+    clipped to the window ``[y0, y0 + h) x [x0, x0 + w)``, and the float32 offsets ``dy (n, 1)``,
+    ``dx (1, m)`` of its pixels from the centre; None when it misses the window."""
+    ya, yb = max(y0, int(y - extent)), min(y0 + h, int(y + extent) + 2)
+    xa, xb = max(x0, int(x - extent)), min(x0 + w, int(x + extent) + 2)
+    if ya >= yb or xa >= xb:
+        return None
+    dy = (np.arange(ya, yb, dtype=np.float32) - y)[:, None]
+    dx = (np.arange(xa, xb, dtype=np.float32) - x)[None, :]
+    return (ya, yb, xa, xb), dy, dx
+
+
 @dataclass
 class Artifacts:
     """Artifact primitives of one slice (output px).
@@ -51,12 +64,10 @@ class Artifacts:
             e = sp[:, 2] * np.maximum(sp[:, 4], 1.0) * 4.6 ** (1 / sp[:, 6]) + 1.0
             hit = (sp[:, 0] + e > y0) & (sp[:, 0] - e < y0 + h) & (sp[:, 1] + e > x0) & (sp[:, 1] - e < x0 + w)
             for (y, x, r, d, asp, ang, pw), ee in zip(sp[hit], e[hit]):
-                ya, yb = max(y0, int(y - ee)), min(y0 + h, int(y + ee) + 2)
-                xa, xb = max(x0, int(x - ee)), min(x0 + w, int(x + ee) + 2)
-                if ya >= yb or xa >= xb:
+                win = _clipped_window(y, x, ee, y0, x0, h, w)
+                if win is None:
                     continue
-                dy = (np.arange(ya, yb, dtype=np.float32) - y)[:, None]
-                dx = (np.arange(xa, xb, dtype=np.float32) - x)[None, :]
+                (ya, yb, xa, xb), dy, dx = win
                 c, s = np.float32(np.cos(ang)), np.float32(np.sin(ang))
                 u = (dx * c + dy * s) * np.float32(1 / (r * asp))
                 v = (-dx * s + dy * c) * np.float32(1 / r)
@@ -68,13 +79,10 @@ class Artifacts:
             e = rg[:, 2] + 4 * rg[:, 3] + 2
             hit = (rg[:, 0] + e > y0) & (rg[:, 0] - e < y0 + h) & (rg[:, 1] + e > x0) & (rg[:, 1] - e < x0 + w)
             for y, x, big_r, rw, d, g in rg[hit]:
-                ee = big_r + 4 * rw + 2
-                ya, yb = max(y0, int(y - ee)), min(y0 + h, int(y + ee) + 2)
-                xa, xb = max(x0, int(x - ee)), min(x0 + w, int(x + ee) + 2)
-                if ya >= yb or xa >= xb:
+                win = _clipped_window(y, x, big_r + 4 * rw + 2, y0, x0, h, w)
+                if win is None:
                     continue
-                dy = (np.arange(ya, yb, dtype=np.float32) - y)[:, None]
-                dx = (np.arange(xa, xb, dtype=np.float32) - x)[None, :]
+                (ya, yb, xa, xb), dy, dx = win
                 rr = np.sqrt(dy * dy + dx * dx)
                 sl = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
                 od[sl] += d * np.exp(-np.square((rr - big_r) / rw))
