@@ -25,15 +25,26 @@ def synth(
     shape: tuple | None = None,
     preview: bool = True,
     hard_fraction: float = 0.3,
-) -> dict:
-    """Generate synthetic 3D-PLI slices with ground truth (images/, labels/, slices.txt, datalist.json)."""
+    partial_labels: bool = False,
+    partial_fraction: float = 0.1,
+) -> None:
+    """Generate synthetic 3D-PLI slices with ground truth (images/, labels/, slices.txt, datalist.json).
+
+    ``--partial_labels``: training labels mark only about ``partial_fraction`` of the pixels (border
+    band, strokes, blobs) and 255 elsewhere, for bundle/configs/finetune.json; labels_full/ keeps the complete masks.
+    """
     from plimonai.synthetic import generate_dataset
 
     if isinstance(shape, (list, tuple)):
         shape = tuple(int(s) for s in shape)
-    return generate_dataset(
-        out_dir=out, kind=kind, n=n, seed=seed, n_val=n_val, shape=shape, preview=preview, hard_fraction=hard_fraction
+    res = generate_dataset(
+        out_dir=out, kind=kind, n=n, seed=seed, n_val=n_val, shape=shape, preview=preview, hard_fraction=hard_fraction,
+        partial_labels=partial_labels, partial_fraction=partial_fraction,
     )
+    # a summary line, not the dict: fire would render a returned dict as a help page
+    print(f"wrote {res['n']} {kind} slices {res['shape'][0]} x {res['shape'][1]} ({res['n_train']} training, "
+          f"{res['n_val']} validation, {sum(res['hard'])} hard) to {res['out_dir']} in {res['seconds']:.1f} s; "
+          f"datalist: {Path(res['out_dir']) / res['files']['datalist']}")
 
 
 def infer(slice_list: str = "", dataset_dir: str = "", output_dir: str = "out", bundle_root: str = str(BUNDLE_ROOT), *overrides: str) -> int:

@@ -3,7 +3,7 @@
 Eager PyTorch on CPU allocates activations larger than glibc's mmap threshold with mmap and
 returns them to the OS on free, so every layer of every window faults its memory in again.
 Raising the mmap and trim thresholds keeps those blocks in the heap (measured 2-2.7x faster on
-the 2-core development machine; see bundle/docs/benchmarks.md).
+the 2-core development machine; see bundle/docs/bench_training.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["tune_allocator", "available_cores", "configure_threads", "setup_runtime"]
+__all__ = ["tune_allocator", "available_cores", "configure_threads", "setup_runtime", "accelerator_settings", "window_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,4 +92,36 @@ def setup_runtime(num_threads: int | None = None, allocator: bool = True) -> dic
     threads = configure_threads(num_threads)
     info = {"allocator_tuned": tuned, "threads": threads}
     logger.info("plimonai runtime: %s", info)
+    return info
+
+
+def window_bytes(roi_size, channels, bytes_per_value: int = 2, factor: float = 6.0) -> int:
+    """Rough peak activation bytes of one inference window of a U-Net with ``channels`` per level
+    (each level's feature maps at 1 / 4**level of the pixels, ``factor`` live copies: convs, skips, concat)."""
+    px = int(roi_size[0]) * int(roi_size[1])
+    return int(factor * bytes_per_value * sum(c * px / 4**lvl for lvl, c in enumerate(channels)))
+
+
+def accelerator_settings(device, roi_size=(1024, 1024), channels=(8, 16, 32, 64, 128), max_batch: int = 32,
+                         memory_share: float = 0.5) -> dict:
+    """GPU inference settings for ``device``; CPU gets the neutral values (and ``sw_batch_size`` None).
+
+    CUDA: autocast in bf16 where the card supports it, else fp16; cuDNN autotuning on; pinned host
+    memory and non-blocking copies; channels_last; the window batch sized so that ``memory_share`` of
+    the free GPU memory holds its activations (:func:`window_bytes`), at most ``max_batch``.
+    """
+    import torch
+
+    d = torch.device(device)
+    if d.type != "cuda" or not torch.cuda.is_available():
+        return {"amp": False, "amp_kwargs": {}, "channels_last": False, "pin_memory": False, "non_blocking": False,
+                "sw_batch_size": None}
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    torch.backends.cudnn.benchmark = True  # fixed window size: autotuned kernels pay back at once
+    free, _ = torch.cuda.mem_get_info(d)
+    per = window_bytes(roi_size, channels, bytes_per_value=2)
+    batch = int(max(1, min(max_batch, memory_share * free // max(per, 1))))
+    info = {"amp": True, "amp_kwargs": {"dtype": dtype}, "channels_last": True, "pin_memory": True,
+            "non_blocking": True, "sw_batch_size": batch}
+    logger.info("plimonai GPU settings: %s", info)
     return info

@@ -9,4 +9,4 @@ PY="${PYTHON:-python3}"
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "torch==2.13.0" || .venv/bin/pip install -q "torch>=2.1,<3"
 fi
-.venv/bin/pip install -q -e ".[test,mpi]"
+.venv/bin/pip install -q -e ".[test,mpi,fast]"

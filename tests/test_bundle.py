@@ -265,14 +265,25 @@ def test_torchscript_backend_of_inference_config(ts_model, ckpt, slices, work):
 def test_backend_choices(tmp_path):
     net = PLIUNet(1, 2, (4, 8))
     assert load_backend("eager", net, None, "cpu") is net
-    with pytest.raises(NotImplementedError, match="planned"):
-        load_backend("onnxruntime", net, None, "cpu")
     with pytest.raises(ValueError, match="unknown"):
         load_backend("tensorrt!", net, None, "cpu")
     with pytest.raises(FileNotFoundError, match="ckpt_export"):
         load_backend("torchscript", None, str(tmp_path / "none.ts"), "cpu")
     inf = ConfigParser.load_config_file(INFER)
-    assert inf["network_backend"] == "eager"  # today's behaviour by default
+    assert inf["network_backend"] == "auto"  # the fastest installed backend by default
+
+
+def test_onnxruntime_backend_of_inference_config(ckpt, slices, work):
+    pytest.importorskip("onnxruntime")
+    ref = _run_inference(slices, work / "out_eager2", ckpt_path=str(ckpt), network_backend="eager")
+    ort = _run_inference(slices, work / "out_ort", ckpt_path=str(ckpt), network_backend="onnxruntime")
+    auto = _run_inference(slices, work / "out_auto", ckpt_path=str(ckpt))  # auto: onnxruntime on CPU
+    assert sorted(ref) == sorted(ort) == sorted(auto) == ["s0_mask", "s1_mask"]
+    for k in ref:
+        assert ref[k].any() and dice(ort[k], ref[k]) >= 0.999 and dice(auto[k], ref[k]) >= 0.999, k
+    # the checkpoint really reached the ONNX session: a random-init network gives other masks
+    rand = _run_inference(slices, work / "out_ort_rand", ckpt_path="", network_backend="onnxruntime")
+    assert any(dice(rand[k], ref[k]) < 0.99 for k in ref)
 
 
 # ------------------------------------------------------------------ release archive

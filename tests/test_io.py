@@ -50,8 +50,8 @@ def _mask(h: int = 37, w: int = 53) -> np.ndarray:
         ("brain.nii", "brain_mask.nii"),
         ("brain.nii.gz", "brain_mask.nii.gz"),
         ("sec.0042.nii.gz", "sec.0042_mask.nii.gz"),
-        ("sec.h5", "sec_mask.tif"),
-        ("sec.hdf5", "sec_mask.tif"),
+        ("sec.h5", "sec_mask.h5"),
+        ("sec.hdf5", "sec_mask.hdf5"),
     ],
 )
 def test_mask_path_for(tmp_path, name, expected):

@@ -185,3 +185,18 @@ def test_full_size_mask_matches_skimage_reference():
     ref = ref | (hole_areas < max_hole)[holes]
     assert (ref != mask).sum() > 1000  # the scene really exercises both rules
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("keep_largest", [False, True])
+def test_component_count_without_relabelling_is_exact(keep_largest):
+    """The count TissueMaskPostprocessd stores for the summary equals a fresh labelling of its output."""
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        noisy = ndimage.binary_opening(rng.random((160, 200)) < 0.55, iterations=1)  # blobs, specks, holes
+        valid = np.ones_like(noisy)
+        valid[:, :7 * trial] = False  # an unscanned band cutting through components and holes
+        d = TissueMaskPostprocessd("pred", min_component_area=15, max_hole_area=12, keep_largest=keep_largest,
+                                   valid_key="valid")({"pred": noisy[None].astype(np.uint8), "valid": valid[None]})
+        n_ref, _ = component_stats(d["pred"])
+        assert d["pred_components"] == n_ref, trial
+        assert n_ref > (0 if keep_largest else 1)

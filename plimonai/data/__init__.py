@@ -1,8 +1,8 @@
 from .datalist import load_datalist
-from .readers import SUPPORTED_DTYPES, SliceFormatError, TiffFileReader, check_slice_array
+from .readers import SUPPORTED_DTYPES, HDF5Reader, SliceFormatError, TiffFileReader, check_slice_array
 from .slices import SLICE_SUFFIXES, SliceDataset, list_slices, read_slice_list, slice_name
 
 __all__ = [
-    "SLICE_SUFFIXES", "SUPPORTED_DTYPES", "SliceDataset", "SliceFormatError", "TiffFileReader",
+    "SLICE_SUFFIXES", "SUPPORTED_DTYPES", "HDF5Reader", "SliceDataset", "SliceFormatError", "TiffFileReader",
     "check_slice_array", "list_slices", "load_datalist", "read_slice_list", "slice_name",
 ]

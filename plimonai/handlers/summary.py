@@ -95,12 +95,14 @@ class SliceSummaryHandler:
         }
         pred = out.get(self.pred_key)
         if row["status"] == "ok" and pred is not None:
-            from plimonai.transforms.post import component_stats
-
             m = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             m = m.reshape(m.shape[-2:]) if m.ndim > 2 else m
-            n, areas = component_stats(m > 0)
-            row.update(tissue_area_px=int(np.sum(areas)), components=int(n), height=m.shape[0], width=m.shape[1])
+            n = out.get(f"{self.pred_key}_components")  # counted by the post-processing; else label here
+            if n is None:
+                from plimonai.transforms.post import component_stats
+
+                n = component_stats(m > 0)[0]
+            row.update(tissue_area_px=int(np.count_nonzero(m)), components=int(n), height=m.shape[0], width=m.shape[1])
         return row
 
     def iteration_completed(self, engine: Engine) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
@@ -33,22 +35,18 @@ def _as_2d(x: NdarrayOrTensor, name: str) -> np.ndarray:
 def _downsample(arr: np.ndarray, max_size: int) -> np.ndarray:
     """Block-mean (NaN-aware) by the smallest integer factor that brings the longer side <= max_size.
 
-    A reshape-based mean (skimage's ``block_reduce`` with ``nanmean`` cost ~0.4 s per LAP slice);
-    the last partial block row/column is averaged over its pixels too.
+    torch's ``avg_pool2d`` (``ceil_mode``: the last partial block row/column is averaged over its own
+    pixels) of the finite values divided by that of the finite indicator: ~20x faster than numpy here.
     """
     f = math.ceil(max(arr.shape) / max_size)
     if f <= 1:
         return arr.astype(np.float32)
-    h, w = arr.shape
-    hh, ww = math.ceil(h / f), math.ceil(w / f)
-    a = np.full((hh * f, ww * f), np.nan, np.float32)
-    a[:h, :w] = arr
-    a = a.reshape(hh, f, ww, f)
-    finite = np.isfinite(a)
-    total = np.where(finite, a, 0.0).sum(axis=(1, 3))
-    count = finite.sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    finite = torch.isfinite(x)
+    pool = dict(kernel_size=f, stride=f, ceil_mode=True)
+    total = F.avg_pool2d(torch.where(finite, x, 0.0), **pool)
+    count = F.avg_pool2d(finite.float(), **pool)
+    return torch.where(count > 0, total / count.clamp_min(1e-12), float("nan"))[0, 0].numpy()
 
 
 def _stretch(img: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:

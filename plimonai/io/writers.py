@@ -1,12 +1,18 @@
-"""Atomic writers for binary tissue masks (TIFF and NIfTI).
+"""Atomic writers for binary tissue masks (TIFF, NIfTI and HDF5).
 
-Output contract: for an input ``.../NAME.tif`` (``.tiff``, ``.nii``, ``.nii.gz``; ``.h5``/``.hdf5``
-inputs get a TIFF mask) the mask is ``OUT/NAME_mask.<same extension>``: (H, W) ``uint8``,
-1 = tissue, 0 = background, same height and width as the input.
+Output contract: for an input ``.../NAME.tif`` (``.tiff``, ``.nii``, ``.nii.gz``, ``.h5``, ``.hdf5``)
+the mask is ``OUT/NAME_mask.<same extension>``: (H, W) ``uint8``, 1 = tissue, 0 = background, same
+height and width as the input (as the dataset read, for HDF5: ``/pyramid/01`` gives a half-size mask).
 
 Pixel order: mask row ``r``, column ``c`` is stored as TIFF row ``r``, column ``c`` (``tifffile.imread``
-order) and as NIfTI voxel ``[r, c]`` (nibabel / MONAI ``NibabelReader`` order, no transpose), with the
-input's affine; so a mask reloaded the same way as its input lines up pixel for pixel.
+order), as NIfTI voxel ``[r, c]`` (nibabel / MONAI ``NibabelReader`` order, no transpose), with the
+input's affine, and as HDF5 ``/Image[r, c]`` (h5py order); so a mask reloaded the same way as its
+input lines up pixel for pixel.
+
+HDF5 masks mirror the 3D-PLI slice layout: ``/Image`` plus ``/pyramid/00`` (a hard link to the same
+data), ``/pyramid/01``, ... each 2x smaller (ceil) by 2 x 2 max-pooling, so a tissue pixel stays
+visible at every level (a conservative mask for low-resolution use), down to a short side of
+``H5_PYRAMID_MIN_SIDE``; gzip-compressed 512 x 512 chunks; the input's file and dataset attributes copied.
 
 Every file is written to a hidden temp file in the target folder (``.NAME_mask.tif.tmp-<pid>``) and
 moved into place with ``os.replace``, so an interrupted run never leaves a half-written mask that a
@@ -24,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
+import h5py
 import nibabel as nib
 import numpy as np
 import tifffile
@@ -33,15 +40,19 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_data_type, ensure_tuple_rep
 
+from plimonai.data.readers import H5_DATASET, H5_PYRAMID, SliceFormatError, resolve_h5_dataset
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "TILED_MIN_SIDE",
     "TILE_SHAPE",
+    "H5_PYRAMID_MIN_SIDE",
     "split_image_name",
     "mask_path_for",
     "atomic_path",
     "is_temp_path",
     "write_mask",
+    "mask_pyramid",
     "source_path",
     "SaveMaskd",
 ]
@@ -50,11 +61,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Recognised input extensions (longest first so ``.nii.gz`` wins over ``.gz``-less ``.nii``).
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".tiff", ".tif", ".hdf5", ".h5")
-#: Output extension for inputs whose format has no mask writer (yet); others keep the input's extension.
-_MASK_EXTENSION = {".h5": ".tif", ".hdf5": ".tif"}
 #: Masks with a side longer than this are written tiled with a downsampled sub-IFD level.
 TILED_MIN_SIDE = 4096
 TILE_SHAPE = (512, 512)
+#: HDF5 mask pyramids stop before a level's short side drops below this (level 00 is always written).
+H5_PYRAMID_MIN_SIDE = 256
 _TEMP_MARKER = ".tmp-"
 _TEMP_RE = re.compile(r"^\..+\.tmp-\d+$")
 _NIFTI1_MAX_DIM = 32767  # NIfTI-1 stores dims as int16
@@ -76,11 +87,10 @@ def split_image_name(path: PathLike) -> tuple[str, str]:
 def mask_path_for(image_path: PathLike, output_dir: PathLike, suffix: str = "_mask") -> Path:
     """Mask path for an input image: ``output_dir/NAME{suffix}{ext}``.
 
-    ``ext`` is the input's extension (``.tif``, ``.tiff``, ``.nii``, ``.nii.gz``), ``.tif`` for HDF5 inputs.
+    ``ext`` is the input's extension (``.tif``, ``.tiff``, ``.nii``, ``.nii.gz``, ``.h5``, ``.hdf5``).
     Raises ``ValueError`` for unsupported inputs and when the mask would overwrite the input.
     """
     stem, ext = split_image_name(image_path)
-    ext = _MASK_EXTENSION.get(ext.lower(), ext)
     out = Path(output_dir) / f"{stem}{suffix}{ext}"
     if out.resolve() == Path(image_path).resolve():
         raise ValueError(f"Mask path {str(out)!r} would overwrite the input image; use a suffix or another folder.")
@@ -134,6 +144,10 @@ def _is_nifti(path: PathLike) -> bool:
 
 def _is_tiff(path: PathLike) -> bool:
     return str(path).lower().endswith((".tif", ".tiff"))
+
+
+def _is_h5(path: PathLike) -> bool:
+    return str(path).lower().endswith((".h5", ".hdf5"))
 
 
 def _tiff_resolution(reference: PathLike | None) -> dict[str, Any]:
@@ -213,34 +227,79 @@ def _write_nifti(tmp: Path, final: Path, img: nib.Nifti1Image) -> None:
         img.to_file_map(img.make_file_map({"image": fh, "header": fh}))
 
 
+def mask_pyramid(mask: np.ndarray, min_side: int = H5_PYRAMID_MIN_SIDE) -> list[np.ndarray]:
+    """``[mask, mask/2, mask/4, ...]``: (H, W) then ``(ceil(H / 2**k), ceil(W / 2**k))`` by 2 x 2 max-pooling.
+
+    A level is added while its short side stays ``>= min_side``; level 0 (``mask`` itself) always is.
+    """
+    levels = [mask]
+    while min(-(-n // 2) for n in levels[-1].shape) >= min_side:
+        m = levels[-1]
+        h, w = m.shape
+        m = np.pad(m, ((0, h % 2), (0, w % 2)))  # odd sides: pad with background
+        levels.append(m.reshape(m.shape[0] // 2, 2, m.shape[1] // 2, 2).max(axis=(1, 3)))
+    return levels
+
+
+def _copy_attrs(src: h5py.AttributeManager, dst: h5py.AttributeManager) -> None:
+    for key in src:
+        dst[key] = src[key]  # raw values: dtype and shape are kept
+
+
+def _write_h5(tmp: Path, mask: np.ndarray, reference: PathLike | None, h5_dataset: str | None) -> None:
+    opts: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
+    with h5py.File(tmp, "w") as f:
+        levels = mask_pyramid(mask)
+        for k, level in enumerate(levels):
+            chunks = tuple(min(n, c) for n, c in zip(level.shape, TILE_SHAPE))
+            name = H5_DATASET if k == 0 else f"{H5_PYRAMID}/{k:02d}"
+            f.create_dataset(name, data=level, chunks=chunks, **opts)
+        f[f"{H5_PYRAMID}/00"] = f[H5_DATASET]  # hard link: level 00 is /Image, stored once
+        if reference is not None and _is_h5(reference):
+            with h5py.File(reference, "r") as ref:
+                _copy_attrs(ref.attrs, f.attrs)
+                try:  # the dataset the mask was computed from
+                    _copy_attrs(ref[resolve_h5_dataset(ref, h5_dataset or H5_DATASET)].attrs, f[H5_DATASET].attrs)
+                except SliceFormatError:
+                    pass
+
+
 def write_mask(
     path: PathLike,
     mask: NdarrayOrTensor,
     affine: NdarrayOrTensor | None = None,
     reference: PathLike | None = None,
+    h5_dataset: str | None = None,
 ) -> Path:
     """Write a binary mask atomically, format chosen by the suffix of ``path``.
 
     Args:
         path: ``.tif``/``.tiff`` (zlib; tiled 512 x 512 plus one downsampled sub-IFD level when a
-            side exceeds ``TILED_MIN_SIDE``) or ``.nii``/``.nii.gz``.
+            side exceeds ``TILED_MIN_SIDE``), ``.nii``/``.nii.gz`` or ``.h5``/``.hdf5`` (``/Image``
+            plus a max-pooled ``/pyramid/NN``, see :func:`mask_pyramid`; gzip, chunked).
         mask: (H, W) or (1, H, W) numpy/torch with values in {0, 1} (bool, int or float); stored as
             (H, W) ``uint8``.
         affine: NIfTI only: 4 x 4 voxel-to-world affine (e.g. ``meta["original_affine"]`` of the
             input); defaults to the reference's affine, else identity.
         reference: optional path of the source image: a NIfTI reference supplies the affine (if not
-            given), qform/sform codes and units; a TIFF reference supplies the resolution tags.
+            given), qform/sform codes and units; a TIFF reference supplies the resolution tags; an
+            HDF5 reference its file attributes (to the mask file) and dataset attributes (to ``/Image``).
+        h5_dataset: HDF5 only: the reference's dataset the mask was computed from (default
+            ``/Image``, else its finest pyramid level), whose attributes are copied.
 
     Returns:
         The written path.
     """
     path = Path(path)
-    if not (_is_tiff(path) or _is_nifti(path)):
-        raise ValueError(f"Unsupported mask file {str(path)!r}: use .tif, .tiff, .nii or .nii.gz.")
+    if not (_is_tiff(path) or _is_nifti(path) or _is_h5(path)):
+        raise ValueError(f"Unsupported mask file {str(path)!r}: use .tif, .tiff, .nii, .nii.gz, .h5 or .hdf5.")
     data = _mask_to_uint8(mask, path)
     if _is_tiff(path):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             _write_tiff(fh, data, reference)
+    elif _is_h5(path):
+        with atomic_path(path) as tmp:
+            _write_h5(tmp, data, reference, h5_dataset)
     else:
         img = _nifti_image(data, affine, reference)
         with atomic_path(path) as tmp:
@@ -272,12 +331,19 @@ def _meta_affine(*items: Any) -> np.ndarray | None:
     return None
 
 
+def _meta_value(item: Any, key: str) -> Any:
+    """``item.meta[key]`` of a MetaTensor (first element of collated meta), else None."""
+    value = item.meta.get(key) if isinstance(item, MetaTensor) else None
+    return value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+
+
 class SaveMaskd(MapTransform):
     """Write ``data[key]`` as the mask of the item's source image, atomically.
 
     The file is ``mask_path_for(source, output_dir, suffix)``, the source name coming from
     ``data[image_key].meta["filename_or_obj"]`` (else ``data["image_path"]``). NIfTI masks get the
-    image's ``meta["original_affine"]`` (else ``meta["affine"]``, else the source header's affine).
+    image's ``meta["original_affine"]`` (else ``meta["affine"]``, else the source header's affine);
+    HDF5 masks the attributes of the source and of its dataset named by ``meta["h5_dataset"]``.
     The written path is recorded as ``str`` in ``data[path_key]``; the mask itself is left unchanged.
 
     Input: ``data[key]`` (H, W) or (1, H, W) binary mask, numpy/torch/MetaTensor.
@@ -316,5 +382,6 @@ class SaveMaskd(MapTransform):
             path = mask_path_for(src, self.output_dir, suffix)
             affine = _meta_affine(d.get(self.image_key), d[key]) if _is_nifti(path) else None
             reference = src if os.path.isfile(src) else None
-            d[path_key] = str(write_mask(path, d[key], affine=affine, reference=reference))
+            h5_dataset = _meta_value(d.get(self.image_key), "h5_dataset") if _is_h5(path) else None
+            d[path_key] = str(write_mask(path, d[key], affine=affine, reference=reference, h5_dataset=h5_dataset))
         return d

@@ -1,45 +1,168 @@
-"""Which form of the trained network a workflow runs: the PyTorch module or an exported model.
+"""Which form of the trained network a workflow runs: eager PyTorch, ONNX Runtime, ``torch.compile``
+or an exported TorchScript model.
 
 ``inference.json`` (and ``evaluate.json``) build their ``network`` with::
 
     "network": "$plimonai.networks.load_backend(@network_backend, @network_def, @ts_path, @device)"
 
-- ``"eager"`` (default): the ``network_def`` module on ``device``; weights come from ``ckpt_path``
-  through MONAI's ``CheckpointLoader`` (``torch.load(weights_only=True)``) and conv + batch norm are
-  folded by the ``FuseConvBN`` handler. Exactly what the configs did before backends existed.
+- ``"auto"`` (default): the fastest backend available for ``device`` (:func:`resolve_backend`):
+  ONNX Runtime on CPU when ``onnxruntime`` and ``onnx`` are installed (``pip install plimonai[fast]``),
+  else eager.
+- ``"eager"``: the ``network_def`` module itself.
+- ``"onnxruntime"``: :class:`OnnxRuntimeNetwork`, which exports the loaded (and conv+BN-fused)
+  ``network_def`` to ONNX in memory on its first call and runs it in one ONNX Runtime session per
+  process. CPU execution provider.
+- ``"compile"``: :class:`CompiledNetwork`, ``torch.compile`` with inductor freezing on first call
+  (tens of seconds of compilation; needs a C++ compiler on CPU, falls back to eager with a warning).
 - ``"torchscript"``: the TorchScript module at ``ts_path`` (``models/model.ts``, written by
   ``python -m monai.bundle ckpt_export``), which carries its own weights: the configs disable the
   checkpoint loader and the fusion for it.
-- ``"onnxruntime"``: reserved for a later release (an ONNX Runtime session wrapped as a callable
-  module); it raises ``NotImplementedError`` for now.
+
+For every backend but ``"torchscript"`` the weights come from ``ckpt_path`` through MONAI's
+``CheckpointLoader`` (``torch.load(weights_only=True)``) and conv + batch norm are folded by the
+``FuseConvBN`` handler: the wrappers delegate ``state_dict``/``load_state_dict`` to the PyTorch module
+(``.module``) and build their runtime form lazily, after both handlers ran.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import logging
 import os
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKENDS", "PLANNED_BACKENDS", "load_backend", "uses_checkpoint"]
+__all__ = ["BACKENDS", "CompiledNetwork", "OnnxRuntimeNetwork", "load_backend", "resolve_backend", "uses_checkpoint"]
 
-BACKENDS = ("eager", "torchscript")
-PLANNED_BACKENDS = ("onnxruntime",)
-
-
-def uses_checkpoint(backend: str) -> bool:
-    """True when the backend's weights come from ``ckpt_path`` (the state dict), not from an exported model."""
-    return _check(backend) == "eager"
+BACKENDS = ("auto", "eager", "onnxruntime", "compile", "torchscript")
+logger = logging.getLogger(__name__)
 
 
 def _check(backend: str) -> str:
     b = str(backend).strip().lower()
-    if b in BACKENDS:
+    if b not in BACKENDS:
+        raise ValueError(f"unknown network_backend {backend!r}: use one of {BACKENDS}")
+    return b
+
+
+def onnxruntime_available() -> bool:
+    """True when ONNX Runtime and the ONNX exporter's ``onnx`` package are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
+    """The concrete backend ``"auto"`` stands for on ``device`` (others are returned checked).
+
+    CPU: ``"onnxruntime"`` when installed (measured fastest here, see ``bundle/docs/bench_inference.md``),
+    else ``"eager"``. CUDA: ``"eager"``.
+    """
+    b = _check(backend)
+    if b != "auto":
         return b
-    if b in PLANNED_BACKENDS:
-        raise NotImplementedError(
-            f"network_backend {backend!r} is not implemented yet (planned); use one of {BACKENDS}")
-    raise ValueError(f"unknown network_backend {backend!r}: use one of {BACKENDS}")
+    if torch.device(device).type == "cpu" and onnxruntime_available():
+        return "onnxruntime"
+    return "eager"
+
+
+def uses_checkpoint(backend: str) -> bool:
+    """True when the backend's weights come from ``ckpt_path`` (the state dict), not from an exported model."""
+    return _check(backend) != "torchscript"
+
+
+class _LazyRuntime(nn.Module):
+    """Wraps the PyTorch network; its runtime form is built on first call and dropped when weights change."""
+
+    def __init__(self, module: nn.Module, multiple: int = 1) -> None:
+        super().__init__()
+        self.module = module
+        self.multiple = int(multiple)  # pad H, W to this (the exported graph has no internal padding)
+        self._runtime = None
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._runtime = None
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def reset(self) -> None:
+        """Forget the runtime form (call after changing the weights in place)."""
+        self._runtime = None
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        h, w = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:  # as PLIUNet pads internally, so every backend sees the same pixels
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if (ph < h and pw < w) else "replicate")
+        return x, h, w
+
+
+class OnnxRuntimeNetwork(_LazyRuntime):
+    """ONNX Runtime (CPU) form of ``module``: ``(B, C, H, W)`` float32 -> ``(B, K, H, W)`` logits.
+
+    Exported in memory with the trace-based exporter (dynamic batch, height, width) on the first
+    call, one session per wrapper (so per process). Inputs are padded to ``multiple`` and cropped back.
+    """
+
+    def __init__(self, module: nn.Module, multiple: int | None = None, threads: int | None = None) -> None:
+        super().__init__(module, multiple or getattr(module, "size_multiple", None) or 16)
+        self.threads = threads
+
+    def _build(self, x: torch.Tensor):
+        import onnxruntime as ort
+
+        self.module.eval()
+        buf = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():  # trace-based exporter: the dynamo one needs onnxscript
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # PLIUNet's pad branch: inputs come padded
+            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript dependency
+            torch.onnx.export(self.module, x[:1].detach().clone(), buf, dynamo=False, input_names=["image"],
+                              output_names=["pred"], opset_version=17,
+                              dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(self.threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        logger.info("ONNX Runtime session built (%d threads)", opts.intra_op_num_threads)
+        return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp, h, w = self._pad(x.detach().to("cpu", torch.float32).contiguous())
+        if self._runtime is None:
+            self._runtime = self._build(xp)
+        out = self._runtime.run(["pred"], {"image": xp.numpy()})[0]
+        return torch.from_numpy(out)[..., :h, :w].to(x.device)
+
+
+class CompiledNetwork(_LazyRuntime):
+    """``torch.compile`` form of ``module`` (inductor, weights frozen as constants), compiled on first call.
+
+    Falls back to the eager module, with a warning, when compilation fails (e.g. no C++ compiler).
+    """
+
+    def _build(self, x: torch.Tensor):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights as constants: folds them into the kernels
+        self.module.eval()
+        try:
+            fn = torch.compile(self.module, dynamic=False)
+            with torch.no_grad():
+                fn(x)
+            return fn
+        except Exception as e:  # noqa: BLE001 -- any compiler failure: keep the run going eagerly
+            logger.warning("torch.compile failed (%s: %s); running eager", type(e).__name__, e)
+            return self.module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._runtime is None:
+            self._runtime = self._build(x)
+        return self._runtime(x)
 
 
 def load_backend(
@@ -51,24 +174,33 @@ def load_backend(
     """The network a workflow runs, for ``backend`` (see the module docstring).
 
     Args:
-        backend: ``"eager"`` or ``"torchscript"`` (``"onnxruntime"`` is planned).
-        network_def: the instantiated PyTorch network (used by ``"eager"`` only).
-        ts_path: the TorchScript file (used by ``"torchscript"`` only).
+        backend: one of :data:`BACKENDS`.
+        network_def: the instantiated PyTorch network (every backend but ``"torchscript"``).
+        ts_path: the TorchScript file (``"torchscript"`` only).
         device: where the network runs.
 
     Returns:
-        an ``nn.Module`` (a ``torch.jit.ScriptModule`` for ``"torchscript"``) on ``device``; the
-        TorchScript module is in eval mode.
+        an ``nn.Module`` on ``device``, ``(B, C, H, W)`` -> ``(B, K, H, W)`` logits.
     """
-    b = _check(backend)
-    if b == "eager":
-        if network_def is None:
-            raise ValueError("network_backend 'eager' needs network_def")
-        return network_def.to(device)
-    if not ts_path or not os.path.isfile(ts_path):
-        raise FileNotFoundError(
-            f"network_backend 'torchscript' needs the exported model: {ts_path!r} not found "
-            "(make it with `python -m monai.bundle ckpt_export network_def --filepath models/model.ts ...`)")
-    # TorchScript archives hold code as well as weights: load only models from a source you trust.
-    net = torch.jit.load(str(ts_path), map_location=device)
-    return net.eval()
+    b = resolve_backend(backend, device)
+    if b == "torchscript":
+        if not ts_path or not os.path.isfile(ts_path):
+            raise FileNotFoundError(
+                f"network_backend 'torchscript' needs the exported model: {ts_path!r} not found "
+                "(make it with `python -m monai.bundle ckpt_export network_def --filepath models/model.ts ...`)")
+        # TorchScript archives hold code as well as weights: load only models from a source you trust.
+        return torch.jit.load(str(ts_path), map_location=device).eval()
+    if network_def is None:
+        raise ValueError(f"network_backend {backend!r} needs network_def")
+    net = network_def.to(device)
+    if torch.device(device).type == "cuda":
+        net = net.to(memory_format=torch.channels_last)  # NHWC: faster cuDNN convolutions under AMP
+    if b == "onnxruntime":
+        if not onnxruntime_available():
+            raise ImportError("network_backend 'onnxruntime' needs onnxruntime and onnx: pip install 'plimonai[fast]'")
+        if torch.device(device).type != "cpu":
+            raise ValueError("network_backend 'onnxruntime' runs on CPU here; use 'eager' or 'compile' on GPU")
+        return OnnxRuntimeNetwork(net)
+    if b == "compile":
+        return CompiledNetwork(net)
+    return net

@@ -4,6 +4,8 @@ Layout (all paths stored relative to ``out_dir`` so the folder can move)::
 
     OUT/images/<name>.tif     uint16 slices (LAP: one page; PM: tiled BigTIFF with pyramid)
     OUT/labels/<name>.tif     uint8 masks, same name, 1 tissue / 0 background
+                              (partial_labels: training slices 0/1 where labelled, 255 elsewhere)
+    OUT/labels_full/<name>.tif  (partial_labels only) the complete masks of all slices
     OUT/slices.txt            one image path per line ("images/<name>.tif")
     OUT/datalist.json         {"training": [{"image", "label"}...], "validation": [...last n_val...]}
     OUT/previews/<name>.png   image | mask | contour overlay, downsampled
@@ -22,6 +24,7 @@ import numpy as np
 import tifffile
 
 from .lap import LAP_SHAPE, render_plan
+from .partial import partial_label
 from .pm import PM_SHAPE, write_pm_slice
 from .render import draw_hard, plan_slice
 
@@ -81,17 +84,26 @@ def save_preview(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, h
     _atomic(Path(path), lambda p: Image.fromarray(panel).save(p, format="PNG", optimize=True))
 
 
-def _lap_item(out: Path, name: str, seed: int, shape: tuple[int, int], hard: bool) -> dict:
+def _lap_item(out: Path, name: str, seed: int, shape: tuple[int, int], hard: bool,
+              partial: float | None = None) -> dict:
+    """``partial``: also write ``labels_full/``; the label in ``labels/`` is then a partial label
+    labelling about this fraction of the pixels (0.0: a complete label there too)."""
     t0 = time.perf_counter()
     plan = plan_slice(seed, shape, "lap", hard)
     image, mask = render_plan(plan)
     desc = f"plimonai.synthetic kind=lap seed={seed} hard={hard} shape={shape[0]}x{shape[1]}"
-    for arr, sub in ((image, "images"), (mask, "labels")):
+    files = [(image, "images"), (mask, "labels")]
+    extra = {}
+    if partial is not None:
+        label = partial_label(mask, seed, partial) if partial > 0 else mask
+        files = [(image, "images"), (label, "labels"), (mask, "labels_full")]
+        extra = {"labelled_fraction": float((label != 255).mean())}
+    for arr, sub in files:
         _atomic(out / sub / f"{name}.tif",
                 lambda p, a=arr: tifffile.imwrite(p, a, compression="zlib", photometric="minisblack",
                                                   metadata=None, description=desc))
     return {"image": image, "mask": mask, "info": plan.info, "tissue_fraction": float(mask.mean()),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, **extra}
 
 
 def _pm_item(out: Path, name: str, seed: int, shape: tuple[int, int], hard: bool) -> dict:
@@ -115,6 +127,8 @@ def generate_dataset(
     shape: Sequence[int] | str | int | None = None,
     preview: bool = True,
     hard_fraction: float = 0.3,
+    partial_labels: bool = False,
+    partial_fraction: float = 0.1,
 ) -> dict:
     """Generate ``n`` synthetic slices (seeds seed .. seed+n-1) of ``kind`` 'lap' or 'pm' into ``out_dir``.
 
@@ -123,8 +137,14 @@ def generate_dataset(
     the validation split (clamped so at least one training slice remains when n > 1).
     ``shape`` defaults to 2080 x 2776 (LAP) or 20000 x 20000 (PM).
 
+    ``partial_labels`` (LAP only): the training slices' labels are partial, as hand scribbles would be
+    (:func:`~plimonai.synthetic.partial.partial_label`: a band along the tissue border, strokes and
+    blobs, about ``partial_fraction`` of the pixels labelled 0/1, the rest 255 = unlabelled); the
+    validation slices keep complete labels; ``labels_full/`` holds the complete masks of all slices.
+
     Returns a summary dict: out_dir, kind, n, n_train, n_val, shape, names, hard (per slice),
-    tissue_fraction (per slice), files (datalist, slices, info), previews, seconds.
+    tissue_fraction (per slice), files (datalist, slices, info), previews, seconds; with
+    ``partial_labels`` also labelled_fraction (per slice, 1.0 for validation slices).
     """
     t0 = time.perf_counter()
     if kind not in ("lap", "pm"):
@@ -135,17 +155,23 @@ def generate_dataset(
     seed = int(seed)
     shp = parse_shape(shape, LAP_SHAPE if kind == "lap" else PM_SHAPE)
     n_val = max(0, min(int(n_val), n - 1))
+    if partial_labels and kind != "lap":
+        raise ValueError("partial_labels is only supported for kind='lap'")
     out = Path(out_dir)
     for sub in ("images", "labels") + (("previews",) if preview else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
-    names, hards, fractions, infos, previews = [], [], [], [], []
+    names, hards, fractions, infos, previews, labelled = [], [], [], [], [], []
     make = _lap_item if kind == "lap" else _pm_item
     for i in range(n):
         s = seed + i
         name = f"{kind}_{s:05d}"
         hard = draw_hard(s, hard_fraction)
-        item = make(out, name, s, shp, hard)
+        if partial_labels:
+            item = _lap_item(out, name, s, shp, hard, partial=float(partial_fraction) if i < n - n_val else 0.0)
+            labelled.append(item["labelled_fraction"])
+        else:
+            item = make(out, name, s, shp, hard)
         if preview:
             pth = out / "previews" / f"{name}.png"
             save_preview(pth, item["image"], item["mask"])
@@ -162,8 +188,10 @@ def generate_dataset(
     _atomic(out / "slices.txt", lambda p: p.write_text("".join(f"images/{nm}.tif\n" for nm in names)))
     meta = {"generator": "plimonai.synthetic", "kind": kind, "seed": seed, "n": n, "n_val": n_val,
             "shape": list(shp), "hard_fraction": hard_fraction, "slices": infos}
+    if partial_labels:
+        meta.update(partial_labels=True, partial_fraction=float(partial_fraction), labelled_fraction=labelled)
     _atomic(out / "synthetic_info.json", lambda p: p.write_text(json.dumps(meta, indent=1, default=str) + "\n"))
-    return {
+    summary = {
         "out_dir": str(out),
         "kind": kind,
         "n": n,
@@ -177,3 +205,6 @@ def generate_dataset(
         "previews": previews,
         "seconds": time.perf_counter() - t0,
     }
+    if partial_labels:
+        summary["labelled_fraction"] = labelled
+    return summary

@@ -97,7 +97,7 @@ def draw_render_params(rng: np.random.Generator, shape: tuple[int, int], kind: s
         unit, gmw, rim_w = max(1.0, 12 * f), rng.uniform(20, 80) * f, rng.uniform(5, 20) * f
         mosaic = rng.uniform(0.0, 0.1) if rng.random() < 0.5 else 0.0
         i0 = rng.uniform(30000, 55000)
-    od_gm = rng.uniform(0.025, 0.09) if hard else rng.uniform(0.08, 0.3)
+    od_gm = rng.uniform(0.05, 0.12) if hard else rng.uniform(0.08, 0.3)
     gm_inner = rng.uniform(1.1, 1.7)
     od_in = od_gm * gm_inner
     od_wm = max(rng.uniform(0.4, 1.0) if hard else rng.uniform(0.6, 1.6), 1.6 * od_in + 0.15)
@@ -115,7 +115,7 @@ def draw_render_params(rng: np.random.Generator, shape: tuple[int, int], kind: s
         gradient_angle=float(rng.uniform(0, 2 * np.pi)),
         illum_noise=float(rng.uniform(0.005, 0.03)),
         mosaic=float(mosaic), mosaic_period=float(rng.choice([2048.0, 2560.0]) * max(f, 0.1)),
-        noise_rel=float(rng.uniform(0.01, 0.03) if hard else rng.uniform(0.004, 0.015)),
+        noise_rel=float(rng.uniform(0.008, 0.02) if hard else rng.uniform(0.004, 0.015)),
         read_noise=float(rng.uniform(20, 150)),
         bank_size=bank, unit=float(unit), **{k: float(v) for k, v in tex.items()},
     )

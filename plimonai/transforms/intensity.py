@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -67,24 +68,30 @@ def estimate_illumination(
     percentile: float = 95.0,
     iters: int = 6,
     min_glass_blocks: float = 0.1,
+    bin_px: int = 4,
 ) -> np.ndarray | None:
     """Smooth glass-transmittance field ``B (H, W)`` (flat field), or None when too little glass shows.
 
     The slice is cut into about ``n_blocks`` blocks along its short side; each block's ``percentile``
-    of valid pixels is its upper envelope (glass where the block shows glass). A 2D polynomial of
+    of its valid ``bin_px`` x ``bin_px`` bin means is its upper envelope (glass where the block shows glass). A 2D polynomial of
     ``degree`` is fitted to those values, iteratively rejecting blocks far below the fit (tissue, ink,
     slide edges), so vignetting and illumination gradients divide out and pale grey matter is
     compared with the glass next to it rather than with the brightest glass of the slide.
     """
     h, w = trans.shape
-    b = max(4, min(h, w) // n_blocks)
+    k = bin_px
+    b = max(2 * k, min(h, w) // n_blocks // k * k)
     hb, wb = h // b, w // b
     if hb < degree + 1 or wb < degree + 1:
         return None
-    x = np.where(valid[: hb * b, : wb * b], trans[: hb * b, : wb * b], -np.inf).reshape(hb, b, wb, b)
-    x = x[:, ::2, :, ::2].transpose(0, 2, 1, 3).reshape(hb, wb, -1)  # every 4th pixel is plenty
+    # k x k bin means first: the envelope percentile of noisy pixels would sit noise-dependent above the glass
+    t = torch.as_tensor(np.ascontiguousarray(trans[: hb * b, : wb * b], dtype=np.float32))[None, None]
+    ok = torch.as_tensor(np.ascontiguousarray(valid[: hb * b, : wb * b]))[None, None].float()
+    ok = F.avg_pool2d(ok, k)[0, 0].numpy() > 0.999  # torch pooling: ~10x faster than numpy reshape-means
+    xb = np.where(ok, F.avg_pool2d(torch.nan_to_num(t), k)[0, 0].numpy(), -np.inf)
+    x = xb.reshape(hb, b // k, wb, b // k).transpose(0, 2, 1, 3).reshape(hb, wb, -1)
     with np.errstate(invalid="ignore"):  # -inf - -inf in the interpolation: such blocks become NaN
-        v = np.percentile(x, percentile, axis=2)  # invalid pixels (-inf) sort below the valid ones
+        v = np.percentile(x, percentile, axis=2)  # invalid bins (-inf) sort below the valid ones
     v[~np.isfinite(v) | (np.isinf(x).mean(axis=2) > 0.5)] = np.nan
     by, bx = _poly_basis(hb, degree), _poly_basis(wb, degree)
     pairs = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
@@ -103,10 +110,10 @@ def estimate_illumination(
     uy = np.clip(((np.arange(h) + 0.5) / b - 0.5) / max(hb - 1, 1) * 2 - 1, -1.2, 1.2)
     ux = np.clip(((np.arange(w) + 0.5) / b - 0.5) / max(wb - 1, 1) * 2 - 1, -1.2, 1.2)
     py, px = np.stack([uy**k for k in range(degree + 1)]), np.stack([ux**k for k in range(degree + 1)])
-    field = np.zeros((h, w), np.float32)
-    for i in range(degree + 1):
-        row = sum(coef[pairs.index((i, j))] * px[j] for j in range(degree + 1 - i))
-        field += np.outer(py[i], row).astype(np.float32)
+    c = np.zeros((degree + 1, degree + 1))
+    for (i, j), v in zip(pairs, coef):
+        c[i, j] = v
+    field = ((py.T @ c).astype(np.float32) @ px.astype(np.float32))  # (H, d+1) @ (d+1, W): one matmul
     med = float(np.median(vv[keep]))
     return np.clip(field, 0.5 * med, 1.5 * med)
 

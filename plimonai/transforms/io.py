@@ -9,7 +9,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 
-from plimonai.data.readers import SliceFormatError, TiffFileReader
+from plimonai.data.readers import H5_DATASET, HDF5Reader, SliceFormatError, TiffFileReader
 
 __all__ = ["LoadSliced"]
 
@@ -20,12 +20,24 @@ class LoadSliced(LoadImaged):
     Registering (instead of passing ``reader=``) keeps MONAI's choice by suffix, so a corrupt file
     raises its reader's error naming the file rather than a fall-through through every reader.
     (H, W, 1) and (1, H, W) inputs are accepted; anything else raises ``SliceFormatError``.
-    Meta gets ``original_dtype`` and ``spatial_shape``.
+    Meta gets ``original_dtype`` and ``spatial_shape``; HDF5 slices also ``h5_dataset`` and ``h5_attrs``.
+
+    Args:
+        h5_dataset: dataset read from ``.h5``/``.hdf5`` files (e.g. ``/pyramid/01`` for half
+            resolution); a missing ``/Image`` falls back to the finest ``/pyramid/NN`` level.
     """
 
-    def __init__(self, keys: KeysCollection, dtype=torch.float32, allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        dtype=torch.float32,
+        allow_missing_keys: bool = False,
+        h5_dataset: str = H5_DATASET,
+        **kwargs,
+    ) -> None:
         super().__init__(keys, reader=None, dtype=dtype, image_only=True, allow_missing_keys=allow_missing_keys, **kwargs)
         self.register(TiffFileReader())
+        self.register(HDF5Reader(dataset=h5_dataset))
 
     def __call__(self, data: Mapping[Hashable, str], reader=None) -> dict:
         d = super().__call__(data, reader)

@@ -110,15 +110,18 @@ def remove_small_components(
     Returns:
         (H, W) bool array.
     """
-    if min_area <= 1 and min_fraction <= 0:
-        return mask
+    return _remove_small(mask, min_area, min_fraction, connectivity)[0]
+
+
+def _remove_small(mask: np.ndarray, min_area: int, min_fraction: float, connectivity: int) -> tuple[np.ndarray, int]:
+    """:func:`remove_small_components` and the number of components it keeps (one labelling)."""
     labels, areas = _label_areas(mask, connectivity)
     if areas.size <= 1:  # no tissue at all
-        return mask
-    threshold = max(float(min_area), float(min_fraction) * float(areas.max()))
+        return mask, 0
+    threshold = max(float(min_area), float(min_fraction) * float(areas.max()), 1.0)
     keep = areas >= threshold
     keep[0] = False
-    return keep[labels]
+    return keep[labels], int(keep.sum())
 
 
 def fill_small_holes(mask: np.ndarray, max_area: int, connectivity: int = 1) -> np.ndarray:
@@ -245,6 +248,11 @@ class TissueMaskPostprocess(Transform):
         self._largest = KeepLargestConnectedComponent(applied_labels=1, is_onehot=False, connectivity=connectivity)
 
     def __call__(self, img: NdarrayOrTensor, valid_mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
+        return self.with_count(img, valid_mask)[0]
+
+    def with_count(self, img: NdarrayOrTensor, valid_mask: NdarrayOrTensor | None = None) -> tuple[NdarrayOrTensor, int]:
+        """The cleaned mask and its number of tissue components (``connectivity``), without relabelling:
+        filling holes neither joins nor splits components."""
         mask = _as_2d_bool(img)
         valid = None
         if valid_mask is not None:
@@ -252,15 +260,14 @@ class TissueMaskPostprocess(Transform):
             if valid.shape != mask.shape:
                 raise ValueError(f"valid_mask shape {valid.shape} does not match mask shape {mask.shape}.")
             mask = mask & valid
-        mask = remove_small_components(
-            mask, self.min_component_area, self.min_component_fraction, connectivity=self.connectivity
-        )
+        mask, n = _remove_small(mask, self.min_component_area, self.min_component_fraction, self.connectivity)
         if self.keep_largest:
             mask = self._largest(mask[None].astype(np.uint8))[0] > 0
+            n = min(n, 1)
         mask = fill_small_holes(mask, self.max_hole_area, connectivity=3 - self.connectivity)
         if valid is not None:
-            mask = mask & valid
-        return _restore(mask, img)
+            mask = mask & valid  # only un-fills invalid hole pixels: the count stays
+        return _restore(mask, img), n
 
 
 class RemoveSmallComponentsd(MapTransform):
@@ -303,7 +310,8 @@ class TissueMaskPostprocessd(MapTransform):
     """Dictionary wrapper of :class:`TissueMaskPostprocess`.
 
     ``valid_key`` names an optional (H, W) / (1, H, W) valid-pixel mask in the data (non-zero = scanned);
-    when the key is absent from an item, all pixels count as valid.
+    when the key is absent from an item, all pixels count as valid. Also stores the number of tissue
+    components under ``"{key}_components"`` (read by the summary handler instead of relabelling).
     """
 
     backend = TissueMaskPostprocess.backend
@@ -329,7 +337,7 @@ class TissueMaskPostprocessd(MapTransform):
         d = dict(data)
         valid = d.get(self.valid_key) if self.valid_key is not None else None
         for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], valid)
+            d[key], d[f"{key}_components"] = self.transform.with_count(d[key], valid)
         return d
 
 
