@@ -2,6 +2,7 @@
 
     plimonai synth --kind lap --n 10 --out samples/lap --seed 0
     plimonai demo --out demo_out
+    plimonai report OUT          (OUT/report.html: stack quality control of an inference output folder)
 """
 
 from __future__ import annotations
@@ -27,11 +28,27 @@ def synth(
     hard_fraction: float = 0.3,
     partial_labels: bool = False,
     partial_fraction: float = 0.1,
+    section_class: str = "human",
+    unscanned_border: float = 0.0,
+    output_format: str = "uint16",
+    file_format: str = "tif",
+    retardation: bool = False,
 ) -> None:
     """Generate synthetic 3D-PLI slices with ground truth (images/, labels/, slices.txt, datalist.json).
 
     ``--partial_labels``: training labels mark only about ``partial_fraction`` of the pixels (border
     band, strokes, blobs) and 255 elsewhere, for bundle/configs/finetune.json; labels_full/ keeps the complete masks.
+
+    LAP options (defaults reproduce the original slices byte for byte; bundle/docs/synthetic_data.md):
+    ``--section_class`` human (whole section) | mouse | rat | monkey | human_hemisphere | mixed (a
+    class per seed) | a comma-separated list; ``--unscanned_border True`` (or a probability): zero
+    bands along image edges / a frame, image and label 0 there; ``--output_format ntransmittance``:
+    float32 [0, 1], glass ~0.9, unscanned exactly 0; ``--file_format h5``: images as HDF5 ``/Image`` +
+    ``/pyramid/NN`` (labels stay TIFF); ``--retardation True``: also retardation/<name> (float32
+    [0, 1]), datalist items get a "retardation" key. Example::
+
+        plimonai synth --n 20 --out data/mixed --section_class mixed --output_format ntransmittance
+            --file_format h5 --retardation True --unscanned_border True    (one command line)
     """
     from plimonai.synthetic import generate_dataset
 
@@ -40,6 +57,9 @@ def synth(
     res = generate_dataset(
         out_dir=out, kind=kind, n=n, seed=seed, n_val=n_val, shape=shape, preview=preview, hard_fraction=hard_fraction,
         partial_labels=partial_labels, partial_fraction=partial_fraction,
+        section_class=",".join(section_class) if isinstance(section_class, (list, tuple)) else section_class,
+        unscanned_border=float(unscanned_border), output_format=output_format, file_format=file_format,
+        retardation=bool(retardation),
     )
     # a summary line, not the dict: fire would render a returned dict as a help page
     print(f"wrote {res['n']} {kind} slices {res['shape'][0]} x {res['shape'][1]} ({res['n_train']} training, "
@@ -62,8 +82,39 @@ def infer(slice_list: str = "", dataset_dir: str = "", output_dir: str = "out", 
     return subprocess.call([*cmd, *overrides], env=os.environ.copy())
 
 
+def _config_qc(config_file: str | os.PathLike) -> dict:
+    """The literal values of the ``qc`` section of a bundle config (expressions and references skipped)."""
+    import json
+
+    cfg = json.loads(Path(config_file).read_text())
+    qc = cfg.get("qc") or {}
+    return {k: v for k, v in qc.items() if not (isinstance(v, str) and v[:1] in ("$", "@", "%"))}
+
+
+def report(out: str, config_file: str = "", **qc) -> None:
+    """Write OUT/report.html (stack QC) for an existing inference output folder, finished or not.
+
+    Thresholds: the ``qc`` section of ``config_file`` (default: the bundle's inference.json), each
+    overridable, e.g. ``plimonai report OUT --area_tolerance 0.3 --shape_iou_min 0.8``.
+    """
+    from plimonai.qc import write_report
+    from plimonai.qc.report import QC_CSV
+    from plimonai.qc.stack import qc_settings
+
+    cfg_file = Path(config_file) if config_file else BUNDLE_ROOT / "configs" / "inference.json"
+    settings = qc_settings({**(_config_qc(cfg_file) if cfg_file.is_file() else {}), **qc})
+    path = write_report(out, settings)
+    import csv
+
+    with open(Path(out) / QC_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    flagged = [r for r in rows if r["flags"]]
+    names = ", ".join(f"{r['slice']} ({r['flags']})" for r in flagged[:20]) + (" ..." if len(flagged) > 20 else "")
+    print(f"wrote {path}: {len(rows)} slices, {len(flagged)} flagged{': ' + names if flagged else ''}")
+
+
 def main() -> None:
-    fire.Fire({"synth": synth, "infer": infer})
+    fire.Fire({"synth": synth, "infer": infer, "report": report})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import traceback
 
 import torch
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
 
 __all__ = ["SliceEvaluator"]
@@ -29,6 +29,16 @@ class SliceEvaluator(SupervisedEvaluator):
     (``"ok"``/``"failed"``), ``error``, ``name``, ``image_path`` and ``seconds`` for the handlers.
     Works with ``batch_size=1`` (whole slices of different sizes cannot be batched anyway).
     """
+
+    def run(self) -> None:  # type: ignore[override]
+        """Run over the slices; with none pending (all done before) fire only ``STARTED`` and ``COMPLETED``,
+        so the summary (skipped rows) is still written, where MONAI's ``run`` would return silently."""
+        if self.state.epoch_length == 0:
+            self.state.iteration = self.state.epoch = 0
+            self._fire_event(Events.STARTED)
+            self._fire_event(Events.COMPLETED)
+            return
+        super().run()
 
     def _iteration(self, engine: Engine, batchdata: dict) -> list[dict]:
         t0 = time.perf_counter()

@@ -10,3 +10,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "torch==2.13.0" || .venv/bin/pip install -q "torch>=2.1,<3"
 fi
 .venv/bin/pip install -q -e ".[test,mpi,fast]"
+# Optional: headless Chromium for the QC report's browser test (tests/test_qc.py skips it, saying so,
+# where chromium is missing). Only as root with apt-get; quiet; never fails the install.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }) \
+        || echo "install.sh: chromium not installed (optional; the QC report browser test will be skipped)"
+fi

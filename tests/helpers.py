@@ -71,3 +71,34 @@ def write_datalist(d: Path, n: int = 4, shape=(96, 128), n_val: int = 1, label_2
         items.append({"image": f"img{i}.tif", "label": f"lab{i}.tif"})
     (d / "datalist.json").write_text(json.dumps({"training": items[: n - n_val], "validation": items[n - n_val:]}))
     return d
+
+
+ROOT = Path(__file__).resolve().parent.parent
+THRESH_NET = {"_target_": "helpers.ThresholdNet"}
+
+
+def run_inference_workflow(out: Path, overrides: dict | None = None, expect_fail: bool = False, **defaults) -> list[dict]:
+    """Run ``inference.json`` in this process (ThresholdNet, 128 x 128 windows, no checkpoint, small
+    area rules unless overridden); return the ``summary.csv`` rows. ``expect_fail``: the run must raise."""
+    import csv
+
+    import pytest
+    from monai.bundle import ConfigWorkflow
+
+    args = dict(network_def=THRESH_NET, roi_size=[128, 128], num_workers=0, ckpt_path="", min_component_area=200,
+                max_hole_area=100)
+    args.update(defaults)
+    args.update(overrides or {})
+    wf = ConfigWorkflow(
+        config_file=str(ROOT / "bundle/configs/inference.json"), meta_file=str(ROOT / "bundle/configs/metadata.json"),
+        workflow_type="inference", run_id="inference", bundle_root=str(ROOT / "bundle"), output_dir=str(out), **args,
+    )
+    wf.initialize()
+    if expect_fail:
+        with pytest.raises(RuntimeError):
+            wf.run()
+    else:
+        wf.run()
+    wf.finalize()
+    with open(Path(out) / "summary.csv") as f:
+        return list(csv.DictReader(f))

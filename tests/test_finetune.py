@@ -213,3 +213,24 @@ def test_finetune_run_with_partial_labels(partial_data, tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)  # best by validation Dice
     assert state["encoders.0.conv.0.weight"].shape[0] == 4
     assert any("final" in p.name for p in (tmp_path / "models" / "checkpoints").glob("*.pt"))
+
+
+def test_partial_label_mode_warns_on_0_255_full_labels():
+    import warnings
+
+    import numpy as np
+
+    from plimonai.transforms.label import BinarizeLabel
+
+    lab = np.zeros((1, 8, 8), np.uint8)
+    lab[0, 2:5, 2:5] = 255
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = BinarizeLabel(ignore_value=255)(lab)
+    assert any("no tissue" in str(x.message) for x in w)
+    assert float(out.max()) == 255.0  # kept as unlabelled: the warning is the user's cue
+    lab[0, 0, 0] = 1
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        BinarizeLabel(ignore_value=255)(lab)
+    assert not any("no tissue" in str(x.message) for x in w)

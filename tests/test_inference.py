@@ -1,6 +1,5 @@
 """End-to-end tests of `run inference` through MONAI's bundle runner, with a deterministic network."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -10,33 +9,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from monai.bundle import ConfigWorkflow
 
-from helpers import make_slice
+from helpers import THRESH_NET, make_slice, run_inference_workflow
 from plimonai.transforms.io import LoadSliced
 
 ROOT = Path(__file__).resolve().parent.parent
 INFER = str(ROOT / "bundle/configs/inference.json")
 META = str(ROOT / "bundle/configs/metadata.json")
-THRESH_NET = {"_target_": "helpers.ThresholdNet"}
 
 
 def run_inference(out: Path, overrides: dict, expect_fail: bool = False) -> list[dict]:
     """Run the inference workflow in this process; return the summary rows."""
-    wf = ConfigWorkflow(
-        config_file=INFER, meta_file=META, workflow_type="inference", run_id="inference",
-        bundle_root=str(ROOT / "bundle"), output_dir=str(out), network_def=THRESH_NET,
-        roi_size=[128, 128], num_workers=0, ckpt_path="", min_component_area=200, max_hole_area=100, **overrides,
-    )
-    wf.initialize()
-    if expect_fail:
-        with pytest.raises(RuntimeError):
-            wf.run()
-    else:
-        wf.run()
-    wf.finalize()
-    with open(out / "summary.csv") as f:
-        return list(csv.DictReader(f))
+    return run_inference_workflow(out, overrides, expect_fail)
 
 
 def dice(a, b):
@@ -90,6 +74,11 @@ def test_failure_isolation_and_resume(slices, tmp_path):
     assert st2 == {"s0": "skipped", "broken": "failed", "missing": "failed", "s1": "skipped"}
     assert (out / "s0_mask.tif").stat().st_mtime_ns == mtime
     assert {r["slice"]: r["tissue_area_px"] for r in rows2}["s0"] == status["s0"]["tissue_area_px"]
+    # a list with every slice done: nothing runs, the summary is still rewritten (all skipped)
+    (d / "done.txt").write_text("sub/s0.tif\nsub/s1.tif\n")
+    (out / "summary.csv").unlink()
+    rows_done = run_inference(out, {"slice_list": str(d / "done.txt")})
+    assert {r["slice"]: r["status"] for r in rows_done} == {"s0": "skipped", "s1": "skipped"}
     # --overwrite redoes them
     rows3 = run_inference(out, {"slice_list": str(d / "list.txt"), "overwrite": True}, expect_fail=True)
     assert {r["slice"]: r["status"] for r in rows3}["s0"] == "ok"

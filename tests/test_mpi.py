@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
 import torch
@@ -223,6 +222,11 @@ def test_static_dispatch_round_robin(tmp_path):
     assert [int(r["rank"]) for r in rows] == [0, 1, 0, 1, 0]
     assert masks(out) == [f"s{i}_mask.tif" for i in range(5)]
     assert "slices per rank: [3, 2]" in r.stdout and "5 slices done, 0 failed" in r.stdout
+    # stack QC: each rank saved its own thumbnails, rank 0 alone wrote the report, after the gather
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("plimonai: QC report")] == [
+        f"plimonai: QC report {out / 'report.html'}"]
+    assert "MPI ranks" in (out / "report.html").read_text()
+    assert sorted(p.name for p in (out / "qc" / "thumbs").iterdir()) == [f"s{i}.png" for i in range(5)]
 
 
 @needs_mpi

@@ -26,6 +26,27 @@ __all__ = [
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 
+
+def _data_and_meta(items: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
+    """(H, W) arrays with extra meta -> MONAI reader output: the array (stacked (N, H, W) for several)
+    and the meta of the last one (identity affine: slices have no physical frame here)."""
+    arrays, meta = [], {}
+    for arr, extra in items:
+        arrays.append(arr)
+        meta = {
+            MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.AFFINE: np.eye(3),
+            MetaKeys.ORIGINAL_AFFINE: np.eye(3),
+            "original_dtype": str(arr.dtype),
+            **extra,
+        }
+    if len(arrays) > 1:
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
+        return np.stack(arrays), meta
+    return arrays[0], meta
+
 class SliceFormatError(ValueError):
     """A slice file that cannot be used: wrong dimensionality, channels or dtype."""
 
@@ -82,21 +103,7 @@ class TiffFileReader(ImageReader):
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         items = img if isinstance(img, list) else [img]
-        arrays, meta = [], {}
-        for arr, name in items:
-            arrays.append(arr)
-            meta = {
-                MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
-                MetaKeys.SPACE: SpaceKeys.RAS,
-                MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-                MetaKeys.AFFINE: np.eye(3),
-                MetaKeys.ORIGINAL_AFFINE: np.eye(3),
-                "original_dtype": str(arr.dtype),
-            }
-        if len(arrays) > 1:
-            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
-            return np.stack(arrays), meta
-        return arrays[0], meta
+        return _data_and_meta([(arr, {}) for arr, _ in items])
 
 
 #: Default HDF5 image dataset and the group holding the downsampled levels (``00`` finest).
@@ -198,19 +205,4 @@ class HDF5Reader(ImageReader):
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         items = img if isinstance(img, list) else [img]
-        arrays, meta = [], {}
-        for arr, name, h5_meta in items:
-            arrays.append(arr)
-            meta = {
-                MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
-                MetaKeys.SPACE: SpaceKeys.RAS,
-                MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-                MetaKeys.AFFINE: np.eye(3),
-                MetaKeys.ORIGINAL_AFFINE: np.eye(3),
-                "original_dtype": str(arr.dtype),
-                **h5_meta,
-            }
-        if len(arrays) > 1:
-            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
-            return np.stack(arrays), meta
-        return arrays[0], meta
+        return _data_and_meta([(arr, h5_meta) for arr, _, h5_meta in items])

@@ -1,6 +1,7 @@
 from .metrics import BoundaryF1
 from .optimize import FuseConvBN
 from .progress import SliceProgressBar
+from .report import QCReportHandler
 from .summary import SUMMARY_FIELDS, SliceSummaryHandler, raise_if_failed, read_summary
 
-__all__ = ["BoundaryF1", "FuseConvBN", "SUMMARY_FIELDS", "SliceProgressBar", "SliceSummaryHandler", "raise_if_failed", "read_summary"]
+__all__ = ["BoundaryF1", "FuseConvBN", "QCReportHandler", "SUMMARY_FIELDS", "SliceProgressBar", "SliceSummaryHandler", "raise_if_failed", "read_summary"]

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = [
     "slice", "image", "status", "tissue_area_px", "components", "height", "width",
-    "seconds", "mask", "overlay", "error",
+    "confidence", "tta_dice", "glass_level",
+    "file_pixel_size_um", "resample_factor", "seconds", "mask", "overlay", "error",
 ]
 
 
@@ -92,6 +93,9 @@ class SliceSummaryHandler:
             "error": out.get("error", ""),
             "mask": out.get("mask_path", ""),
             "overlay": out.get("overlay_path", ""),
+            # from RestoreSliceGridd: the file's stated pixel size (reported, not used by default), the zoom applied
+            "file_pixel_size_um": out.get("file_pixel_size_um", ""),
+            "resample_factor": out.get("resample_factor", ""),
         }
         pred = out.get(self.pred_key)
         if row["status"] == "ok" and pred is not None:
@@ -103,6 +107,9 @@ class SliceSummaryHandler:
 
                 n = component_stats(m > 0)[0]
             row.update(tissue_area_px=int(np.count_nonzero(m)), components=int(n), height=m.shape[0], width=m.shape[1])
+        for key in ("confidence", "tta_dice", "glass_level"):  # stack QC figures from plimonai.qc.SliceConfidenced
+            if out.get(key) is not None:
+                row[key] = f"{float(out[key]):.6g}"
         return row
 
     def iteration_completed(self, engine: Engine) -> None:

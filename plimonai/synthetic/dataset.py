@@ -6,8 +6,11 @@ Layout (all paths stored relative to ``out_dir`` so the folder can move)::
     OUT/labels/<name>.tif     uint8 masks, same name, 1 tissue / 0 background
                               (partial_labels: training slices 0/1 where labelled, 255 elsewhere)
     OUT/labels_full/<name>.tif  (partial_labels only) the complete masks of all slices
+    OUT/retardation/<name>.tif  (retardation only) float32 [0, 1] retardation of each slice
+                              (file_format="h5": images/ and retardation/ hold <name>.h5, /Image +
+                              /pyramid/NN; labels stay TIFF)
     OUT/slices.txt            one image path per line ("images/<name>.tif")
-    OUT/datalist.json         {"training": [{"image", "label"}...], "validation": [...last n_val...]}
+    OUT/datalist.json         {"training": [{"image", "label"[, "retardation"]}...], "validation": [...last n_val...]}
     OUT/previews/<name>.png   image | mask | contour overlay, downsampled
     OUT/synthetic_info.json   generator settings and per-slice parameters
 """
@@ -23,10 +26,14 @@ from typing import Callable, Sequence
 import numpy as np
 import tifffile
 
-from .lap import LAP_SHAPE, render_plan
+from .classes import parse_section_class
+from .formats import LAP_PIXEL_UM, write_h5_image
+from .lap import LAP_SHAPE, render_plan, render_retardation
 from .partial import partial_label
 from .pm import PM_SHAPE, write_pm_slice
-from .render import draw_hard, plan_slice
+from .render import OUTPUT_FORMATS, draw_hard, plan_slice
+
+FILE_FORMATS = ("tif", "h5")
 
 __all__ = ["generate_dataset", "parse_shape", "save_preview"]
 
@@ -85,23 +92,38 @@ def save_preview(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, h
 
 
 def _lap_item(out: Path, name: str, seed: int, shape: tuple[int, int], hard: bool,
-              partial: float | None = None) -> dict:
+              partial: float | None = None, section_class: str = "human", unscanned_border: float = 0.0,
+              output_format: str = "uint16", file_format: str = "tif", retardation: bool = False) -> dict:
     """``partial``: also write ``labels_full/``; the label in ``labels/`` is then a partial label
-    labelling about this fraction of the pixels (0.0: a complete label there too)."""
+    labelling about this fraction of the pixels (0.0: a complete label there too).
+    ``file_format="h5"``: images (and retardation) as HDF5, labels TIFF."""
     t0 = time.perf_counter()
-    plan = plan_slice(seed, shape, "lap", hard)
-    image, mask = render_plan(plan)
+    plan = plan_slice(seed, shape, "lap", hard, section_class=section_class, unscanned_border=unscanned_border)
+    image, mask = render_plan(plan, output_format)
     desc = f"plimonai.synthetic kind=lap seed={seed} hard={hard} shape={shape[0]}x{shape[1]}"
+    if "section_class" in plan.info:
+        desc += f" section_class={plan.section_class}"
     files = [(image, "images"), (mask, "labels")]
     extra = {}
     if partial is not None:
         label = partial_label(mask, seed, partial) if partial > 0 else mask
         files = [(image, "images"), (label, "labels"), (mask, "labels_full")]
         extra = {"labelled_fraction": float((label != 255).mean())}
+    if retardation:
+        files.append((render_retardation(plan), "retardation"))
+    modality = {"images": "NTransmittance" if output_format == "ntransmittance" else "Transmittance",
+                "retardation": "Retardation"}
+    attrs_base = {"generator": "plimonai.synthetic", "seed": int(seed), "section_class": plan.section_class,
+                  "hard": bool(hard), "description": desc}
+    px = LAP_PIXEL_UM * 2080.0 / min(shape)  # lengths scale with the short side
     for arr, sub in files:
-        _atomic(out / sub / f"{name}.tif",
-                lambda p, a=arr: tifffile.imwrite(p, a, compression="zlib", photometric="minisblack",
-                                                  metadata=None, description=desc))
+        if file_format == "h5" and sub in modality:
+            _atomic(out / sub / f"{name}.h5",
+                    lambda p, a=arr, m=modality[sub]: write_h5_image(p, a, {**attrs_base, "modality": m}, px))
+        else:
+            _atomic(out / sub / f"{name}.tif",
+                    lambda p, a=arr: tifffile.imwrite(p, a, compression="zlib", photometric="minisblack",
+                                                      metadata=None, description=desc))
     return {"image": image, "mask": mask, "info": plan.info, "tissue_fraction": float(mask.mean()),
             "seconds": time.perf_counter() - t0, **extra}
 
@@ -129,6 +151,11 @@ def generate_dataset(
     hard_fraction: float = 0.3,
     partial_labels: bool = False,
     partial_fraction: float = 0.1,
+    section_class: str = "human",
+    unscanned_border: bool | float = False,
+    output_format: str = "uint16",
+    file_format: str = "tif",
+    retardation: bool = False,
 ) -> dict:
     """Generate ``n`` synthetic slices (seeds seed .. seed+n-1) of ``kind`` 'lap' or 'pm' into ``out_dir``.
 
@@ -142,9 +169,23 @@ def generate_dataset(
     blobs, about ``partial_fraction`` of the pixels labelled 0/1, the rest 255 = unlabelled); the
     validation slices keep complete labels; ``labels_full/`` holds the complete masks of all slices.
 
+    Options for real-looking LAP slices (LAP only; the defaults reproduce the original output byte
+    for byte; see bundle/docs/synthetic_data.md):
+
+    * ``section_class``: "human" (whole human section), "mouse", "rat", "monkey",
+      "human_hemisphere", "mixed" (a class per seed) or a comma-separated list.
+    * ``unscanned_border``: probability (True = 1) that a slice has zero-padded unscanned bands
+      (image and label exactly 0 there).
+    * ``output_format``: "uint16" camera counts or "ntransmittance" (float32 in [0, 1], glass ~0.9).
+    * ``file_format``: "tif" or "h5" (images and retardation as HDF5 ``/Image`` + ``/pyramid/NN``;
+      labels stay TIFF).
+    * ``retardation``: also write ``retardation/<name>`` (float32 [0, 1]); datalist items get a
+      "retardation" key.
+
     Returns a summary dict: out_dir, kind, n, n_train, n_val, shape, names, hard (per slice),
     tissue_fraction (per slice), files (datalist, slices, info), previews, seconds; with
-    ``partial_labels`` also labelled_fraction (per slice, 1.0 for validation slices).
+    ``partial_labels`` also labelled_fraction (per slice, 1.0 for validation slices); with a
+    ``section_class`` other than "human" also section_class (per slice).
     """
     t0 = time.perf_counter()
     if kind not in ("lap", "pm"):
@@ -157,21 +198,51 @@ def generate_dataset(
     n_val = max(0, min(int(n_val), n - 1))
     if partial_labels and kind != "lap":
         raise ValueError("partial_labels is only supported for kind='lap'")
+    classes = parse_section_class(section_class)
+    unscanned = float(unscanned_border)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    file_format = str(file_format).lower().lstrip(".").replace("hdf5", "h5").replace("tiff", "tif")
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"file_format must be one of {FILE_FORMATS}, got {file_format!r}")
+    if not 0.0 <= unscanned <= 1.0:
+        raise ValueError(f"unscanned_border must be a bool or a probability in [0, 1], got {unscanned_border!r}")
+    options = {}  # non-default options only (the default metadata stays byte-identical)
+    if classes != ("human",):
+        options["section_class"] = ",".join(classes) if len(classes) < 5 else "mixed"
+    if unscanned > 0:
+        options["unscanned_border"] = unscanned
+    if output_format != "uint16":
+        options["output_format"] = output_format
+    if file_format != "tif":
+        options["file_format"] = file_format
+    if retardation:
+        options["retardation"] = True
+    if options and kind != "lap":
+        raise ValueError(f"{', '.join(options)} only supported for kind='lap'")
+    ext = "h5" if file_format == "h5" else "tif"
     out = Path(out_dir)
-    for sub in ("images", "labels") + (("previews",) if preview else ()):
+    for sub in ("images", "labels") + (("previews",) if preview else ()) + (("retardation",) if retardation else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
-    names, hards, fractions, infos, previews, labelled = [], [], [], [], [], []
+    names, hards, fractions, infos, previews, labelled, slice_classes = [], [], [], [], [], [], []
     make = _lap_item if kind == "lap" else _pm_item
+    lap_opts = dict(section_class=classes, unscanned_border=unscanned, output_format=output_format,
+                    file_format=file_format, retardation=bool(retardation))
     for i in range(n):
         s = seed + i
         name = f"{kind}_{s:05d}"
         hard = draw_hard(s, hard_fraction)
         if partial_labels:
-            item = _lap_item(out, name, s, shp, hard, partial=float(partial_fraction) if i < n - n_val else 0.0)
+            item = _lap_item(out, name, s, shp, hard, partial=float(partial_fraction) if i < n - n_val else 0.0,
+                             **lap_opts)
             labelled.append(item["labelled_fraction"])
+        elif options:
+            item = _lap_item(out, name, s, shp, hard, **lap_opts)
         else:
             item = make(out, name, s, shp, hard)
+        if "section_class" in item["info"]:
+            slice_classes.append(item["info"]["section_class"])
         if preview:
             pth = out / "previews" / f"{name}.png"
             save_preview(pth, item["image"], item["mask"])
@@ -182,12 +253,13 @@ def generate_dataset(
         infos.append({"name": name, "seconds": round(item["seconds"], 3), **item["info"]})
         del item
 
-    entries = [{"image": f"images/{nm}.tif", "label": f"labels/{nm}.tif"} for nm in names]
+    entries = [{"image": f"images/{nm}.{ext}", "label": f"labels/{nm}.tif",
+                **({"retardation": f"retardation/{nm}.{ext}"} if retardation else {})} for nm in names]
     datalist = {"training": entries[: n - n_val], "validation": entries[n - n_val :]}
     _atomic(out / "datalist.json", lambda p: p.write_text(json.dumps(datalist, indent=2) + "\n"))
-    _atomic(out / "slices.txt", lambda p: p.write_text("".join(f"images/{nm}.tif\n" for nm in names)))
+    _atomic(out / "slices.txt", lambda p: p.write_text("".join(f"images/{nm}.{ext}\n" for nm in names)))
     meta = {"generator": "plimonai.synthetic", "kind": kind, "seed": seed, "n": n, "n_val": n_val,
-            "shape": list(shp), "hard_fraction": hard_fraction, "slices": infos}
+            "shape": list(shp), "hard_fraction": hard_fraction, **options, "slices": infos}
     if partial_labels:
         meta.update(partial_labels=True, partial_fraction=float(partial_fraction), labelled_fraction=labelled)
     _atomic(out / "synthetic_info.json", lambda p: p.write_text(json.dumps(meta, indent=1, default=str) + "\n"))
@@ -207,4 +279,8 @@ def generate_dataset(
     }
     if partial_labels:
         summary["labelled_fraction"] = labelled
+    if slice_classes:
+        summary["section_class"] = slice_classes
+    if retardation:
+        summary["files"]["retardation"] = "retardation/"
     return summary

@@ -8,6 +8,11 @@ or a gain (bubble interiors). The camera multiplies by illumination (vignetting,
 mosaic shading for PM), adds an offset and Poisson-like + Gaussian read noise, and quantises to
 uint16. Every random draw per window is seeded by (seed, window origin), so any tiling of the
 same slice yields the same pixels except for the independent per-window sensor noise.
+
+Options with defaults that reproduce the original output exactly (each uses its own random stream):
+``section_class`` (:mod:`~plimonai.synthetic.classes`), ``unscanned_border``
+(:mod:`~plimonai.synthetic.unscanned`), ``output_format="ntransmittance"`` (:func:`ntransmittance`)
+and the matching retardation image (:mod:`~plimonai.synthetic.retardation`).
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from .fields import (
     upsample_window,
     wrap_window,
 )
+from .classes import draw_class_geometry_params, parse_section_class, pick_section_class
 from .geometry import SectionGeometry, build_section, draw_geometry_params
+from .unscanned import Unscanned, draw_unscanned
 
 __all__ = ["RenderParams", "RenderPlan", "draw_render_params", "plan_slice", "render_window",
-           "transmittance_window", "draw_hard"]
+           "transmittance_window", "draw_hard", "ntransmittance", "OUTPUT_FORMATS"]
 
 # random stream ids (child_rng(seed, id, ...))
 _HARD, _GEOM, _PARAMS, _ART, _FIELDS, _NOISE = 1, 2, 3, 4, 5, 6
+_NTRANS = 9  # NTransmittance normalisation (7: section class, 8: unscanned borders, 10-11: retardation)
+OUTPUT_FORMATS = ("uint16", "ntransmittance")
 FIBRE_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 _NT = 4 + len(FIBRE_ANGLES)  # tissue fields before the illumination field
 CHUNK_PX = 1 << 19  # pixels rendered at once
@@ -144,6 +153,8 @@ class RenderPlan:
     has_ink: bool
     info: dict = field(default_factory=dict)
     noise_bank: np.ndarray | None = None  # standard normal (P, P) for very large images
+    section_class: str = "human"
+    unscanned: Unscanned | None = None  # zero-padded bands (None: fully scanned, the default)
 
 
 def _illumination(rng, cs, scale, shape, rp: RenderParams) -> np.ndarray:
@@ -166,16 +177,29 @@ def _illumination(rng, cs, scale, shape, rp: RenderParams) -> np.ndarray:
 
 
 def plan_slice(seed: int, shape: tuple[int, int], kind: str = "lap", hard: bool | None = None,
-               hard_fraction: float = 0.3) -> RenderPlan:
-    """Draw geometry, parameters, artifacts and coarse fields of slice ``seed`` (no pixels yet)."""
+               hard_fraction: float = 0.3, section_class: str = "human",
+               unscanned_border: float = 0.0) -> RenderPlan:
+    """Draw geometry, parameters, artifacts and coarse fields of slice ``seed`` (no pixels yet).
+
+    ``section_class``: "human" (default, the original whole human section), "mouse", "rat",
+    "monkey", "human_hemisphere", "mixed" (one class per seed) or a comma-separated list (LAP only,
+    see :mod:`~plimonai.synthetic.classes`). ``unscanned_border``: probability (True = 1) that the
+    slice has zero-padded unscanned bands (:mod:`~plimonai.synthetic.unscanned`).
+    """
     if hard is None:
         hard = draw_hard(seed, hard_fraction)
     shape = (int(shape[0]), int(shape[1]))
+    classes = parse_section_class(section_class)
+    cls = pick_section_class(seed, classes)
+    if cls != "human" and kind != "lap":
+        raise ValueError(f"section_class {cls!r} is only available for kind='lap'")
     rng = child_rng(seed, _GEOM)
-    gp = draw_geometry_params(rng, shape, kind, hard)
+    gp = draw_geometry_params(rng, shape, kind, hard) if cls == "human" else draw_class_geometry_params(
+        rng, shape, cls, hard)
     geom = build_section(rng, shape, gp)
     rp = draw_render_params(child_rng(seed, _PARAMS), shape, kind, hard)
     art = draw_artifacts(child_rng(seed, _ART), geom, rp.unit, hard)
+    unscanned = draw_unscanned(seed, geom, rp.unit, float(unscanned_border))
     s, cs = geom.scale, coarse_shape(shape, geom.scale)
 
     frng = child_rng(seed, _FIELDS)
@@ -206,13 +230,18 @@ def plan_slice(seed: int, shape: tuple[int, int], kind: str = "lap", hard: bool 
     info = {"seed": int(seed), "kind": kind, "hard": bool(hard), "shape": list(shape),
             "geometry": gp.to_dict(), "render": rp.to_dict(), "artifacts": art.summary(),
             "pieces_placed": len(geom.blobs)}
+    if classes != ("human",):  # only with the option: default metadata stays byte-identical
+        info["section_class"] = cls
+    if unscanned is not None:
+        info["unscanned"] = unscanned.summary()
     noise_bank = None
     if shape[0] * shape[1] > NOISE_BANK_ABOVE:
         noise_bank = frng.standard_normal((2039, 2039), dtype=np.float32)  # prime size: no tile-aligned repeats
         noise_bank = np.pad(noise_bank, ((0, 1024), (0, 1024)), mode="wrap")
     return RenderPlan(seed=int(seed), kind=kind, hard=bool(hard), shape=shape, scale=s, geometry=geom, params=rp,
                       artifacts=art, fields=fields, bank=bank, bank_offsets=offsets, bank_periods=periods,
-                      has_ink=ink is not None, info=info, noise_bank=noise_bank)
+                      has_ink=ink is not None, info=info, noise_bank=noise_bank, section_class=cls,
+                      unscanned=unscanned)
 
 
 def transmittance_window(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,27 +274,72 @@ def transmittance_window(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> 
         od += ink_od * np.clip(ink_in + 0.5, 0, 1)
     art_od, gain = plan.artifacts.window(y0, x0, h, w)
     od += art_od
+    if plan.unscanned is not None:
+        holder = plan.unscanned.od_window(y0, x0, h, w)
+        if holder is not None:
+            od += holder
+        zero = plan.unscanned.zeros_window(y0, x0, h, w)
+        if zero is not None:
+            mask[zero] = 0
     t = np.exp(-od)
     if gain is not None:
         t *= gain
     return t.astype(np.float32, copy=False), mask
 
 
-def render_window(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def render_window(plan: RenderPlan, y0: int, x0: int, h: int, w: int,
+                  output_format: str = "uint16") -> tuple[np.ndarray, np.ndarray]:
     """Camera image (uint16 (h, w)) and tissue mask (uint8 (h, w), {0, 1}) of one output window.
 
     Works in row chunks of ~0.5 Mpx (temporaries stay small); sensor noise is seeded by
     (seed, chunk origin), so a given window layout always gives the same bytes.
+    ``output_format="ntransmittance"``: the image is float32 NTransmittance (:func:`ntransmittance`
+    of the same counts).
     """
     if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > plan.shape[0] or x0 + w > plan.shape[1]:
         raise ValueError(f"window ({y0}, {x0}, {h}, {w}) outside the slice {plan.shape}")
-    image = np.empty((h, w), dtype=np.uint16)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    nt = output_format == "ntransmittance"
+    image = np.empty((h, w), dtype=np.float32 if nt else np.uint16)
     mask = np.empty((h, w), dtype=np.uint8)
     rows = max(8, CHUNK_PX // max(w, 1))
     for r0 in range(0, h, rows):
         rh = min(rows, h - r0)
-        image[r0 : r0 + rh], mask[r0 : r0 + rh] = _render_chunk(plan, y0 + r0, x0, rh, w)
+        counts, mask[r0 : r0 + rh] = _render_chunk(plan, y0 + r0, x0, rh, w)
+        image[r0 : r0 + rh] = ntransmittance(plan, counts, y0 + r0, x0) if nt else counts
     return image, mask
+
+
+def ntransmittance_params(plan: RenderPlan) -> tuple[float, float]:
+    """(glass level 0.87-0.93, flat-field correction strength 0.7-1.0) of ``plan``'s NTransmittance."""
+    rng = child_rng(plan.seed, _NTRANS)
+    return float(rng.uniform(0.87, 0.93)), float(rng.uniform(0.7, 1.0))
+
+
+def ntransmittance(plan: RenderPlan, counts: np.ndarray, y0: int, x0: int) -> np.ndarray:
+    """Camera counts (h, w) of the window at (y0, x0) -> float32 NTransmittance in [0, 1].
+
+    ``glass * (counts - offset) / (i0 * illumination**k)``: dark offset removed, divided by the glass
+    level and a flat field that corrects a fraction ``k`` of the (log) illumination, so glass reads
+    ~0.87-0.93 with noise and a little residual vignetting; clipped to [1e-4, 1] and exactly 0 in
+    unscanned bands (so 0 marks "not scanned", as in the PLI pipeline).
+    """
+    rp = plan.params
+    h, w = counts.shape
+    glass, k = ntransmittance_params(plan)
+    illum = upsample_window(plan.fields[_NT : _NT + 1], plan.scale, y0, x0, h, w)[0]
+    np.maximum(illum, np.float32(1e-3), out=illum)
+    out = counts.astype(np.float32)
+    out -= np.float32(rp.offset)
+    out *= np.float32(glass / rp.i0)
+    out /= illum if k == 1.0 else np.power(illum, np.float32(k))
+    np.clip(out, 1e-4, 1.0, out=out)
+    if plan.unscanned is not None:
+        zero = plan.unscanned.zeros_window(y0, x0, h, w)
+        if zero is not None:
+            out[zero] = 0
+    return out
 
 
 def _render_chunk(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,4 +362,9 @@ def _render_chunk(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> tuple[n
     sigma += signal
     sigma += np.float32(rp.offset + 0.5)  # + 0.5: truncation below rounds to nearest
     np.clip(sigma, 0, 65535, out=sigma)
-    return sigma.astype(np.uint16), mask
+    image = sigma.astype(np.uint16)
+    if plan.unscanned is not None:
+        zero = plan.unscanned.zeros_window(y0, x0, h, w)
+        if zero is not None:
+            image[zero] = 0
+    return image, mask

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F

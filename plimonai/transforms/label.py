@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Hashable, Mapping
 
 import numpy as np
@@ -51,6 +52,9 @@ class BinarizeLabel(Transform):
                 + (f" (unlabelled marker is {self.ignore_value})" if self.ignore_value is not None else "")
             )
         else:
+            if self.ignore_value is not None and 1.0 not in vals and float(self.ignore_value) in vals:
+                warnings.warn(f"{name}: label has {self.ignore_value} (unlabelled) and 0 but no tissue (1): a full label "
+                              f"stored as 0/{self.ignore_value}? With partial labels on, store full labels as 0/1.")
             t = t.to(torch.float32)
         if isinstance(img, MetaTensor) and not isinstance(t, MetaTensor):
             t = MetaTensor(t, meta=img.meta)
