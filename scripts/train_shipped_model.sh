@@ -10,6 +10,6 @@ PY=.venv/bin/python
 init=()
 [ -n "${INIT_CKPT:-}" ] && init=(--init_ckpt "$INIT_CKPT")
 $PY -m monai.bundle run training --config_file bundle/configs/train.json --meta_file bundle/configs/metadata.json \
-    --bundle_root bundle --dataset_dir samples/train_lap --output_dir runs/train_lap \
+    --bundle_root bundle --dataset_dir samples/train_lap --output_dir "${OUTPUT_DIR:-runs/train_lap}" \
     --patch_size "[512,512]" --num_samples 4 --batch_size 4 --epochs "${EPOCHS:-36}" --val_interval "${VAL_INTERVAL:-3}" \
     --learning_rate "${LR:-0.001}" --save_interval 50 --num_workers 1 "${init[@]}" "$@"
