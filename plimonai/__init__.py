@@ -1,3 +1,3 @@
 """plimonai: tissue segmentation of 3D Polarized Light Imaging sections, as a MONAI bundle."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
