@@ -11,9 +11,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/pip install -q -e ".[test,mpi,fast]"
 # Optional: headless Chromium for the QC report's browser test (tests/test_qc.py skips it, saying so,
-# where chromium is missing). Only as root with apt-get; quiet; never fails the install.
+# where chromium is missing). Only as root with apt-get; quiet; time-limited; never fails the install.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }) \
+    (DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { timeout 120 apt-get update -q >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }) \
         || echo "install.sh: chromium not installed (optional; the QC report browser test will be skipped)"
 fi
