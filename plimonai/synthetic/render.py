@@ -278,9 +278,7 @@ def transmittance_window(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> 
         holder = plan.unscanned.od_window(y0, x0, h, w)
         if holder is not None:
             od += holder
-        zero = plan.unscanned.zeros_window(y0, x0, h, w)
-        if zero is not None:
-            mask[zero] = 0
+        plan.unscanned.zero_window(mask, y0, x0)
     t = np.exp(-od)
     if gain is not None:
         t *= gain
@@ -336,9 +334,7 @@ def ntransmittance(plan: RenderPlan, counts: np.ndarray, y0: int, x0: int) -> np
     out /= illum if k == 1.0 else np.power(illum, np.float32(k))
     np.clip(out, 1e-4, 1.0, out=out)
     if plan.unscanned is not None:
-        zero = plan.unscanned.zeros_window(y0, x0, h, w)
-        if zero is not None:
-            out[zero] = 0
+        plan.unscanned.zero_window(out, y0, x0)
     return out
 
 
@@ -364,7 +360,5 @@ def _render_chunk(plan: RenderPlan, y0: int, x0: int, h: int, w: int) -> tuple[n
     np.clip(sigma, 0, 65535, out=sigma)
     image = sigma.astype(np.uint16)
     if plan.unscanned is not None:
-        zero = plan.unscanned.zeros_window(y0, x0, h, w)
-        if zero is not None:
-            image[zero] = 0
+        plan.unscanned.zero_window(image, y0, x0)
     return image, mask

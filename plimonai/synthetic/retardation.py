@@ -121,7 +121,5 @@ def _chunk(plan, rplan: RetardationPlan, y0: int, x0: int, h: int, w: int) -> np
     r += np.float32(rp.noise) * child_rng(plan.seed, _NOISE, y0, x0).standard_normal((h, w), dtype=np.float32)
     np.clip(r, 1e-4, 1.0, out=r)
     if plan.unscanned is not None:
-        zero = plan.unscanned.zeros_window(y0, x0, h, w)
-        if zero is not None:
-            r[zero] = 0
+        plan.unscanned.zero_window(r, y0, x0)
     return r

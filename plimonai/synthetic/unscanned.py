@@ -37,18 +37,15 @@ class Unscanned:
     def summary(self) -> dict:
         return {"bands": self.rects.tolist(), "holder_edges": len(self.strips)}
 
-    def zeros_window(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
-        """Boolean (h, w) of the unscanned pixels of the window, or None when it has none."""
-        out = None
+    def zero_window(self, arr: np.ndarray, y0: int, x0: int) -> np.ndarray:
+        """Set the unscanned pixels of ``arr`` (a window at ``(y0, x0)`` of the slice) to 0, in place."""
+        h, w = arr.shape[-2:]
         for ya, yb, xa, xb in self.rects:
             ya, yb = max(int(ya), y0), min(int(yb), y0 + h)
             xa, xb = max(int(xa), x0), min(int(xb), x0 + w)
-            if ya >= yb or xa >= xb:
-                continue
-            if out is None:
-                out = np.zeros((h, w), dtype=bool)
-            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = True
-        return out
+            if ya < yb and xa < xb:
+                arr[..., ya - y0 : yb - y0, xa - x0 : xb - x0] = 0
+        return arr
 
     def od_window(self, y0: int, x0: int, h: int, w: int) -> np.ndarray | None:
         """Optical density (h, w) float32 of the holder edges in the window, or None."""
