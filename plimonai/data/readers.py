@@ -71,7 +71,25 @@ def check_slice_array(arr: np.ndarray, filename: PathLike) -> np.ndarray:
     return a
 
 
-class TiffFileReader(ImageReader):
+class _SliceFileReader(ImageReader):
+    """What the slice readers share: suffix check, existing-file iteration, MONAI's (data, meta) output."""
+
+    suffixes: Sequence[str] = ()
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return is_supported_format(filename, self.suffixes)
+
+    @staticmethod
+    def _existing(data: Sequence[PathLike] | PathLike):
+        """The file names of ``data``; a missing one raises ``FileNotFoundError`` naming it."""
+        for name in ensure_tuple(data):
+            name = os.fspath(name)
+            if not os.path.isfile(name):
+                raise FileNotFoundError(f"{name}: slice file not found")
+            yield name
+
+
+class TiffFileReader(_SliceFileReader):
     """Read single-channel 2D TIFF slices with tifffile (level 0 of pyramidal files).
 
     ``get_data`` returns ``(array (H, W), meta)``; meta carries ``original_dtype`` and an
@@ -84,15 +102,9 @@ class TiffFileReader(ImageReader):
         super().__init__()
         self.kwargs = kwargs
 
-    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        return is_supported_format(filename, self.suffixes)
-
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any):
         out = []
-        for name in ensure_tuple(data):
-            name = os.fspath(name)
-            if not os.path.isfile(name):
-                raise FileNotFoundError(f"{name}: slice file not found")
+        for name in self._existing(data):
             try:
                 with tifffile.TiffFile(name) as tif:
                     arr = tif.series[0].levels[0].asarray(**{**self.kwargs, **kwargs})
@@ -162,7 +174,7 @@ def h5_attrs_to_python(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return {str(k): _to_python(attrs[k]) for k in attrs}
 
 
-class HDF5Reader(ImageReader):
+class HDF5Reader(_SliceFileReader):
     """Read single-channel 2D slices from HDF5 files (one file per modality and slice) with h5py.
 
     Reads ``dataset`` (default ``/Image``); when it is missing, the finest level ``/pyramid/NN``
@@ -178,15 +190,9 @@ class HDF5Reader(ImageReader):
         self.dataset = dataset
         self.kwargs = kwargs
 
-    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        return is_supported_format(filename, self.suffixes)
-
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any):
         out = []
-        for name in ensure_tuple(data):
-            name = os.fspath(name)
-            if not os.path.isfile(name):
-                raise FileNotFoundError(f"{name}: slice file not found")
+        for name in self._existing(data):
             try:
                 f = h5py.File(name, "r")
             except OSError as e:  # not HDF5 / truncated
