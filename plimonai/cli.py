@@ -3,6 +3,7 @@
     plimonai synth --kind lap --n 10 --out samples/lap --seed 0
     plimonai demo --out demo_out
     plimonai report OUT          (OUT/report.html: stack quality control of an inference output folder)
+    plimonai pseudo_labels PM.tif --out pseudo_pm   (PM crops labelled by the LAP-scale model, for finetune.json)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def synth(
     output_format: str = "uint16",
     file_format: str = "tif",
     retardation: bool = False,
+    contrast: str = "standard",
 ) -> None:
     """Generate synthetic 3D-PLI slices with ground truth (images/, labels/, slices.txt, datalist.json).
 
@@ -45,7 +47,8 @@ def synth(
     bands along image edges / a frame, image and label 0 there; ``--output_format ntransmittance``:
     float32 [0, 1], glass ~0.9, unscanned exactly 0; ``--file_format h5``: images as HDF5 ``/Image`` +
     ``/pyramid/NN`` (labels stay TIFF); ``--retardation True``: also retardation/<name> (float32
-    [0, 1]), datalist items get a "retardation" key. Example::
+    [0, 1]), datalist items get a "retardation" key; ``--contrast inverted``: stain-like contrast, grey
+    matter darker than white matter (a domain the shipped model never saw). Example::
 
         plimonai synth --n 20 --out data/mixed --section_class mixed --output_format ntransmittance
             --file_format h5 --retardation True --unscanned_border True    (one command line)
@@ -59,7 +62,7 @@ def synth(
         partial_labels=partial_labels, partial_fraction=partial_fraction,
         section_class=",".join(section_class) if isinstance(section_class, (list, tuple)) else section_class,
         unscanned_border=float(unscanned_border), output_format=output_format, file_format=file_format,
-        retardation=bool(retardation),
+        retardation=bool(retardation), contrast=str(contrast),
     )
     # a summary line, not the dict: fire would render a returned dict as a help page
     print(f"wrote {res['n']} {kind} slices {res['shape'][0]} x {res['shape'][1]} ({res['n_train']} training, "
@@ -113,8 +116,48 @@ def report(out: str, config_file: str = "", **qc) -> None:
     print(f"wrote {path}: {len(rows)} slices, {len(flagged)} flagged{': ' + names if flagged else ''}")
 
 
+def pseudo_labels(
+    *images: str,
+    out: str = "pseudo_pm",
+    ckpt: str = str(BUNDLE_ROOT / "models" / "model.pt"),
+    slice_list: str = "",
+    level: int | None = None,
+    band_px: int = 3,
+    margin: float = 2.2,
+    crop: int = 1024,
+    max_crops: int = 48,
+    n_val: int = 2,
+    validation_datalist: str = "",
+    seed: int = 0,
+) -> None:
+    """PM slices without full labels -> pseudo-labelled full-resolution crops and OUT/datalist.json.
+
+    The LAP-scale model (``--ckpt``) runs on the pyramid level nearest LAP scale (``--level`` to pick one);
+    its mask is upsampled, and a band of ``--band_px`` model pixels around the border plus low-margin
+    pixels (``--margin``) are left unlabelled (255). Then fine-tune on OUT, and refine on your labelled
+    tiles (bundle/docs/finetune.md)::
+
+        plimonai pseudo_labels pm_0001.tif pm_0002.tif --out pseudo_pm [--validation_datalist my_tiles/datalist.json]
+    """
+    from plimonai.data import read_slice_list
+    from plimonai.pseudo_labels import pm_pseudo_labels
+
+    paths = [*images, *(read_slice_list(slice_list) if slice_list else [])]
+    if not paths:
+        raise SystemExit("no PM slices given: pass image paths or --slice_list LIST.txt")
+    res = pm_pseudo_labels(paths, out, ckpt_path=ckpt, level=level, band_px=band_px, margin=margin, crop=crop,
+                           max_crops=max_crops, n_val=n_val, validation_datalist=validation_datalist or None, seed=seed)
+    for s in res["slices"]:
+        print(f"{s['image']}: level {s['level']} {s['level_shape'][0]} x {s['level_shape'][1]} (1/{s['factor']:g}), "
+              f"{s['labelled_fraction']:.0%} labelled, {s['crops']} crops")
+    print(f"wrote {res['n_training']} training and {res['n_validation']} validation crops; datalist: {res['datalist']}\n"
+          f"next: python -m monai.bundle run training --config_file \"['{BUNDLE_ROOT}/configs/train.json',"
+          f"'{BUNDLE_ROOT}/configs/finetune.json','{BUNDLE_ROOT}/configs/finetune_pm.json']\" "
+          f"--meta_file {BUNDLE_ROOT}/configs/metadata.json --bundle_root {BUNDLE_ROOT} --dataset_dir {out}")
+
+
 def main() -> None:
-    fire.Fire({"synth": synth, "infer": infer, "report": report})
+    fire.Fire({"synth": synth, "infer": infer, "report": report, "pseudo_labels": pseudo_labels})
 
 
 if __name__ == "__main__":

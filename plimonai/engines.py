@@ -10,6 +10,7 @@ import torch
 
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
+from monai.networks.utils import eval_mode
 
 __all__ = ["SliceEvaluator"]
 
@@ -28,7 +29,15 @@ class SliceEvaluator(SupervisedEvaluator):
     on with the next slice, and ``engine.state.output`` is a one-item list of dicts with ``status``
     (``"ok"``/``"failed"``), ``error``, ``name``, ``image_path`` and ``seconds`` for the handlers.
     Works with ``batch_size=1`` (whole slices of different sizes cannot be batched anyway).
+
+    ``stream_inferer``: records flagged ``stream`` by the dataset (huge PM slices, see
+    :class:`plimonai.inferers.StreamingSliceInferer`) go to it instead of the in-memory
+    inferer and post-processing; it writes the outputs and returns the record for the handlers.
     """
+
+    def __init__(self, *args, stream_inferer=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_inferer = stream_inferer
 
     def run(self) -> None:  # type: ignore[override]
         """Run over the slices; with none pending (all done before) fire only ``STARTED`` and ``COMPLETED``,
@@ -48,9 +57,15 @@ class SliceEvaluator(SupervisedEvaluator):
         err = batchdata.get("error")
         if err:
             return self._failed(engine, name, path, str(_first(err)), load_s, t0)
+        stream = self.stream_inferer is not None and bool(_first(batchdata.get("stream", False)))
         try:
             with torch.inference_mode():  # lighter than no_grad; nothing here needs autograd
-                super()._iteration(engine, batchdata)
+                if stream:
+                    with eval_mode(self.network):
+                        engine.state.output = [self.stream_inferer(path, self.network, engine.state.device, self.amp, self.amp_kwargs)]
+                    engine.state.batch = engine.state.output
+                else:
+                    super()._iteration(engine, batchdata)
         except Exception as e:  # isolate the slice; the others still run
             logger.debug(traceback.format_exc())
             return self._failed(engine, name, path, f"{type(e).__name__}: {e}", load_s, t0)

@@ -57,6 +57,20 @@ class ThresholdNet(nn.Module):
         return torch.cat([-t, t], dim=1)
 
 
+class WindowBiasNet(ThresholdNet):
+    """:class:`ThresholdNet` plus a per-window term ``bias * (window mean - 0.2)``: the logits depend on
+    which window a pixel is seen in, so blending (and any error in it) changes the mask."""
+
+    def __init__(self, threshold: float = 0.25, k: float = 40.0, bias: float = 4.0) -> None:
+        super().__init__(threshold, k)
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()  # a strided view (MONAI's single-window batches) would sum the mean in another order
+        t = self.k * (x[:, :1] - self.threshold) + self.bias * (x[:, :1].mean(dim=(1, 2, 3), keepdim=True) - 0.2)
+        return torch.cat([-t, t], dim=1) + 0 * self.dummy
+
+
 def write_datalist(d: Path, n: int = 4, shape=(96, 128), n_val: int = 1, label_255_every: int = 0) -> Path:
     """``n`` :func:`make_slice` slices as TIFF image/label pairs in ``d`` with a ``datalist.json``
     (the last ``n_val`` for validation); every ``label_255_every``-th label (odd indices for 2)
@@ -75,6 +89,7 @@ def write_datalist(d: Path, n: int = 4, shape=(96, 128), n_val: int = 1, label_2
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESH_NET = {"_target_": "helpers.ThresholdNet"}
+WINDOW_NET = {"_target_": "helpers.WindowBiasNet"}
 
 
 def run_inference_workflow(out: Path, overrides: dict | None = None, expect_fail: bool = False, **defaults) -> list[dict]:

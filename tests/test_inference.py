@@ -132,3 +132,21 @@ def test_command_line_exit_code(slices, tmp_path):
     (d / "list.txt").write_text("sub/s0.tif\nsub/nothere.tif\n")
     r = subprocess.run(cmd + ["--overwrite", "True"], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "nothere" in r.stdout + r.stderr
+
+
+def test_background_writes_match_and_fail_per_slice(slices, tmp_path):
+    """Masks/overlays written in the writer thread equal the synchronous ones; a write that fails
+    (its final path is a folder) fails only that slice, in summary.csv and the exit status."""
+    d, _ = slices
+    sync, bg = tmp_path / "sync", tmp_path / "bg"
+    rows_sync = run_inference(sync, {"slice_list": str(d / "list.txt"), "async_write": False})
+    (bg / "s1_mask.tif").mkdir(parents=True)  # os.replace onto a folder fails in the writer thread
+    rows_bg = run_inference(bg, {"slice_list": str(d / "list.txt"), "overwrite": True}, expect_fail=True)
+    st = {r["slice"]: r for r in rows_bg}
+    assert st["s1"]["status"] == "failed" and "writing outputs" in st["s1"]["error"] and "s1_mask.tif" in st["s1"]["error"]
+    for name in ("s0", "s2"):
+        assert st[name]["status"] == "ok"
+        np.testing.assert_array_equal(tifffile.imread(bg / f"{name}_mask.tif"), tifffile.imread(sync / f"{name}_mask.tif"))
+        assert (bg / f"{name}_overlay.png").read_bytes() == (sync / f"{name}_overlay.png").read_bytes()
+    assert [r["tissue_area_px"] for r in rows_sync if r["slice"] != "s1"] == [st["s0"]["tissue_area_px"], st["s2"]["tissue_area_px"]]
+    assert not any(p.name.startswith(".") for p in bg.iterdir())  # the failed write left no temp file

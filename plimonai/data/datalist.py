@@ -8,7 +8,7 @@ from typing import Sequence
 
 from monai.data import load_decathlon_datalist
 
-__all__ = ["load_datalist"]
+__all__ = ["load_datalist", "sample_weights"]
 
 
 def load_datalist(
@@ -35,3 +35,22 @@ def load_datalist(
             if not os.path.isfile(item[k]):
                 raise FileNotFoundError(f"{datalist}: entry {i} of '{data_list_key}', '{k}' file not found: {item[k]}")
     return items
+
+
+def sample_weights(items: Sequence[dict], key: str = "weight") -> list[float]:
+    """Per-entry sampling weights from an optional ``key`` of each datalist entry (default 1.0), for
+    ``torch.utils.data.WeightedRandomSampler`` (bundle/configs/weighted_sampling.json): oversample rare
+    or hard slices without listing them twice (a repeated entry would be cached twice)."""
+    out = []
+    for i, item in enumerate(items):
+        w = item.get(key, 1.0)
+        try:
+            w = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"datalist entry {i}: '{key}' must be a number, got {w!r}") from None
+        if not w >= 0 or w == float("inf"):
+            raise ValueError(f"datalist entry {i}: '{key}' must be finite and >= 0, got {w}")
+        out.append(w)
+    if out and not any(out):
+        raise ValueError(f"every datalist entry has '{key}' 0: nothing to sample")
+    return out

@@ -76,6 +76,9 @@ class SliceDataset(Dataset):
         mask_path_fn: maps an image path to its final mask path (for resume).
         overwrite: redo slices whose mask exists.
         select: optional function choosing this worker's share (MPI), given the pending records.
+        stream_select: optional ``path -> bool`` (e.g. :class:`plimonai.inferers.StreamSelector`); slices
+            it picks skip ``transform`` and arrive as ``{..., "stream": True, "image": placeholder}`` for the
+            evaluator's streaming inferer (huge PM slices, read lazily there).
 
     A slice whose transform raises becomes ``{"error": "...", "image": placeholder (1, 1, 1)}``; the
     evaluator records it as failed and goes on. ``skipped`` lists the slices already done.
@@ -88,8 +91,10 @@ class SliceDataset(Dataset):
         mask_path_fn: Callable[[str], os.PathLike] | None = None,
         overwrite: bool = False,
         select: Callable[[list[dict]], list[dict]] | None = None,
+        stream_select: Callable[[str], bool] | None = None,
     ) -> None:
         self.transform = transform
+        self.stream_select = stream_select
         self.all = [
             {"image": str(p), "image_path": str(p), "name": slice_name(p), "index": i} for i, p in enumerate(images)
         ]
@@ -116,7 +121,10 @@ class SliceDataset(Dataset):
         try:
             if not os.path.isfile(rec["image"]):
                 raise FileNotFoundError(f"{rec['image']}: slice file not found")
-            out = self.transform(rec) if self.transform is not None else rec
+            if self.stream_select is not None and self.stream_select(rec["image"]):
+                out = {**rec, "stream": True, "image": torch.zeros(1, 1, 1)}
+            else:
+                out = self.transform(rec) if self.transform is not None else rec
         except Exception as e:  # any bad slice becomes a record; the run goes on
             root: BaseException = e
             while root.__cause__ is not None and str(root).startswith("applying transform"):  # Compose's wrapper

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from plimonai.io.background import PENDING_KEY, resolve_pending
+
 __all__ = ["SUMMARY_FIELDS", "SliceSummaryHandler", "read_summary", "raise_if_failed"]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class SliceSummaryHandler:
         self.gather_fn, self.filename = gather_fn, filename
         self.fields = list(fields) if fields else list(SUMMARY_FIELDS)
         self.rows: list[dict] = []
+        self._pending: list[tuple[dict, dict]] = []
         self.t_start = time.perf_counter()
         self.totals: dict = {}
 
@@ -81,7 +84,7 @@ class SliceSummaryHandler:
         engine.state.summary = self  # lets `raise_if_failed` find it
 
     def started(self, engine: Engine) -> None:
-        self.rows, self.t_start = [], time.perf_counter()
+        self.rows, self._pending, self.t_start = [], [], time.perf_counter()
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
     def row_from_output(self, out: dict) -> dict:
@@ -98,7 +101,10 @@ class SliceSummaryHandler:
             "resample_factor": out.get("resample_factor", ""),
         }
         pred = out.get(self.pred_key)
-        if row["status"] == "ok" and pred is not None:
+        if row["status"] == "ok" and out.get("tissue_area_px") is not None:  # streamed slices: counted while written
+            row.update(tissue_area_px=int(out["tissue_area_px"]), components=int(out.get(f"{self.pred_key}_components", 0)),
+                       height=int(out["height"]), width=int(out["width"]))
+        elif row["status"] == "ok" and pred is not None:
             m = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
             m = m.reshape(m.shape[-2:]) if m.ndim > 2 else m
             n = out.get(f"{self.pred_key}_components")  # counted by the post-processing; else label here
@@ -113,12 +119,28 @@ class SliceSummaryHandler:
         return row
 
     def iteration_completed(self, engine: Engine) -> None:
+        self.resolve_writes(wait=False)
         outs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         for out in outs:
             row = self.row_from_output(out)
             self.rows.append(row)
-            if row["status"] != "ok":
+            if out.get(PENDING_KEY):  # mask/overlay still being written in the background (plimonai.io.BackgroundWriter)
+                self._pending.append((row, {PENDING_KEY: out.pop(PENDING_KEY)}))
+            elif row["status"] != "ok":
                 logger.error("FAILED %s: %s", row["image"], row["error"])
+
+    def resolve_writes(self, wait: bool = True) -> None:
+        """Settle background writes (all when ``wait``, else the finished ones): a failed write fails its slice."""
+        keep = []
+        for row, rec in self._pending:
+            if not wait and not all(f.done() for f in rec[PENDING_KEY]):
+                keep.append((row, rec))
+                continue
+            err = resolve_pending(rec)
+            if err:
+                row.update(status="failed", error=f"writing outputs: {err}")
+                logger.error("FAILED %s: %s", row["image"], row["error"])
+        self._pending = keep
 
     def skipped_rows(self) -> list[dict]:
         skipped = list(getattr(self.dataset, "skipped", []) or [])
@@ -133,6 +155,7 @@ class SliceSummaryHandler:
         return rows
 
     def completed(self, engine: Engine) -> None:
+        self.resolve_writes(wait=True)
         rows = self.rows
         if self.gather_fn is not None:
             rows = self.gather_fn(rows)

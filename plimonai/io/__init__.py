@@ -1,5 +1,6 @@
 """Writers for tissue masks and quick-look overlays."""
 
+from .background import BackgroundWriter, resolve_pending
 from .overlay import SaveOverlayd, overlay_path_for, render_overlay, save_overlay
 from .writers import (
     IMAGE_EXTENSIONS,
@@ -13,6 +14,7 @@ from .writers import (
 )
 
 __all__ = [
+    "BackgroundWriter",
     "IMAGE_EXTENSIONS",
     "SaveMaskd",
     "SaveOverlayd",
@@ -21,6 +23,7 @@ __all__ = [
     "mask_path_for",
     "overlay_path_for",
     "render_overlay",
+    "resolve_pending",
     "save_overlay",
     "source_path",
     "split_image_name",

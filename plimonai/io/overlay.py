@@ -17,6 +17,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_data_type
 
+from .background import BackgroundWriter, submit_write
 from .writers import PathLike, atomic_path, source_path, split_image_name
 
 __all__ = ["overlay_path_for", "render_overlay", "save_overlay", "SaveOverlayd"]
@@ -71,7 +72,8 @@ def render_overlay(
     """Overlay as an RGB array.
 
     Args:
-        image: (H, W) or (1, H, W), any real dtype; NaN/inf allowed.
+        image: (H, W) or (C, H, W), any real dtype; NaN/inf allowed. Channel 0 is drawn (the
+            transmittance; e.g. a retardation channel 1 is ignored).
         mask: (H, W) or (1, H, W) binary, same spatial size; values > 0 are tissue.
         max_size: longer side of the result, at most.
         color: RGB colour of the mask border.
@@ -80,6 +82,8 @@ def render_overlay(
     Returns:
         (h, w, 3) uint8 with ``max(h, w) <= max_size``.
     """
+    if image.ndim == 3 and image.shape[0] > 1:  # multi-channel input (transmittance + retardation): channel 0
+        image = image[:1]
     img2d, mask2d = _as_2d(image, "image"), _as_2d(mask, "mask")
     if img2d.shape != mask2d.shape:
         raise ValueError(f"image {img2d.shape} and mask {mask2d.shape} must have the same spatial size.")
@@ -129,8 +133,10 @@ class SaveOverlayd(MapTransform):
         color: Sequence[int] = (255, 0, 0),
         path_key: str = "overlay_path",
         allow_missing_keys: bool = False,
+        writer: BackgroundWriter | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.writer = writer  # render + write in its thread (see SaveMaskd); None: now
         if len(self.keys) != 2:
             raise ValueError(f"SaveOverlayd needs keys=(image_key, mask_key), got {self.keys}.")
         self.output_dir = Path(output_dir)
@@ -145,5 +151,9 @@ class SaveOverlayd(MapTransform):
         if self.allow_missing_keys and (image_key not in d or mask_key not in d):
             return d
         path = overlay_path_for(source_path(d, str(image_key)), self.output_dir, self.suffix)
-        d[self.path_key] = str(save_overlay(path, d[image_key], d[mask_key], self.max_size, self.color))
+        if self.writer is None:
+            d[self.path_key] = str(save_overlay(path, d[image_key], d[mask_key], self.max_size, self.color))
+            return d
+        submit_write(self.writer, d, save_overlay, path, d[image_key], d[mask_key], self.max_size, self.color)
+        d[self.path_key] = str(path)
         return d

@@ -22,6 +22,7 @@ hence :class:`SaveMaskd`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -40,6 +41,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_data_type, ensure_tuple_rep
 
+from plimonai.io.background import BackgroundWriter, submit_write
 from plimonai.data.readers import H5_DATASET, H5_PYRAMID, SliceFormatError, resolve_h5_dataset
 
 __all__ = [
@@ -357,6 +359,7 @@ class SaveMaskd(MapTransform):
         image_key: str = "image",
         path_key: str | Sequence[str] = "mask_path",
         allow_missing_keys: bool = False,
+        writer: BackgroundWriter | None = None,
     ) -> None:
         """
         Args:
@@ -366,8 +369,11 @@ class SaveMaskd(MapTransform):
             image_key: key of the source image (a MetaTensor with ``filename_or_obj``).
             path_key: where to record the written path; one per key when several keys are given.
             allow_missing_keys: don't raise for missing mask keys.
+            writer: write in this :class:`~plimonai.io.background.BackgroundWriter`'s thread (the
+                path is recorded at once, the write's Future in ``data["pending_writes"]``); ``None``: now.
         """
         super().__init__(keys, allow_missing_keys)
+        self.writer = writer
         self.output_dir = Path(output_dir)
         self.suffix = ensure_tuple_rep(suffix, len(self.keys))
         self.path_key = ensure_tuple_rep(path_key, len(self.keys))
@@ -383,5 +389,11 @@ class SaveMaskd(MapTransform):
             affine = _meta_affine(d.get(self.image_key), d[key]) if _is_nifti(path) else None
             reference = src if os.path.isfile(src) else None
             h5_dataset = _meta_value(d.get(self.image_key), "h5_dataset") if _is_h5(path) else None
-            d[path_key] = str(write_mask(path, d[key], affine=affine, reference=reference, h5_dataset=h5_dataset))
+            if self.writer is None:
+                d[path_key] = str(write_mask(path, d[key], affine=affine, reference=reference, h5_dataset=h5_dataset))
+                continue
+            mask = _mask_to_uint8(d[key], path).copy()  # validated and detached here, so the slice fails on bad masks at once
+            submit_write(self.writer, d, functools.partial(write_mask, affine=affine, reference=reference, h5_dataset=h5_dataset),
+                         path, mask)
+            d[path_key] = str(path)
         return d

@@ -14,7 +14,8 @@ Public API::
 Modules: ``geometry`` (tissue level sets: pieces, folded cortex, holes; uses ``shapes`` blobs and
 ``sulci`` carving), ``classes`` (mouse / rat / monkey / human hemisphere / whole human section
 parameter draws), ``unscanned`` (zero-padded unscanned bands), ``retardation`` (matching
-retardation images), ``formats`` (HDF5 ``/Image`` + ``/pyramid/NN`` writer), ``artifacts`` (dust,
+retardation images), ``contrast`` (stain-like contrast regime: grey matter darker than white
+matter), ``formats`` (HDF5 ``/Image`` + ``/pyramid/NN`` writer), ``artifacts`` (dust,
 bubbles, edges, ink), ``render`` (intensity model and acquisition, window by window), ``lap`` /
 ``pm`` (whole slices / tiled BigTIFF writer), ``dataset`` (dataset folders), ``fields`` and
 ``curves`` (random fields, window upsampling, thick curves).

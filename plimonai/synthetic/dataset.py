@@ -27,6 +27,7 @@ import numpy as np
 import tifffile
 
 from .classes import parse_section_class
+from .contrast import check_contrast
 from .formats import LAP_PIXEL_UM, write_h5_image
 from .lap import LAP_SHAPE, render_plan, render_retardation
 from .partial import partial_label
@@ -93,12 +94,14 @@ def save_preview(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, h
 
 def _lap_item(out: Path, name: str, seed: int, shape: tuple[int, int], hard: bool,
               partial: float | None = None, section_class: str = "human", unscanned_border: float = 0.0,
-              output_format: str = "uint16", file_format: str = "tif", retardation: bool = False) -> dict:
+              output_format: str = "uint16", file_format: str = "tif", retardation: bool = False,
+              contrast: str = "standard") -> dict:
     """``partial``: also write ``labels_full/``; the label in ``labels/`` is then a partial label
     labelling about this fraction of the pixels (0.0: a complete label there too).
     ``file_format="h5"``: images (and retardation) as HDF5, labels TIFF."""
     t0 = time.perf_counter()
-    plan = plan_slice(seed, shape, "lap", hard, section_class=section_class, unscanned_border=unscanned_border)
+    plan = plan_slice(seed, shape, "lap", hard, section_class=section_class, unscanned_border=unscanned_border,
+                      contrast=contrast)
     image, mask = render_plan(plan, output_format)
     desc = f"plimonai.synthetic kind=lap seed={seed} hard={hard} shape={shape[0]}x{shape[1]}"
     if "section_class" in plan.info:
@@ -156,6 +159,7 @@ def generate_dataset(
     output_format: str = "uint16",
     file_format: str = "tif",
     retardation: bool = False,
+    contrast: str = "standard",
 ) -> dict:
     """Generate ``n`` synthetic slices (seeds seed .. seed+n-1) of ``kind`` 'lap' or 'pm' into ``out_dir``.
 
@@ -181,6 +185,8 @@ def generate_dataset(
       labels stay TIFF).
     * ``retardation``: also write ``retardation/<name>`` (float32 [0, 1]); datalist items get a
       "retardation" key.
+    * ``contrast``: "standard" or "inverted" (stain-like: grey matter darker than white matter,
+      :mod:`~plimonai.synthetic.contrast`).
 
     Returns a summary dict: out_dir, kind, n, n_train, n_val, shape, names, hard (per slice),
     tissue_fraction (per slice), files (datalist, slices, info), previews, seconds; with
@@ -218,6 +224,8 @@ def generate_dataset(
         options["file_format"] = file_format
     if retardation:
         options["retardation"] = True
+    if check_contrast(contrast) != "standard":
+        options["contrast"] = contrast
     if options and kind != "lap":
         raise ValueError(f"{', '.join(options)} only supported for kind='lap'")
     ext = "h5" if file_format == "h5" else "tif"
@@ -228,7 +236,7 @@ def generate_dataset(
     names, hards, fractions, infos, previews, labelled, slice_classes = [], [], [], [], [], [], []
     make = _lap_item if kind == "lap" else _pm_item
     lap_opts = dict(section_class=classes, unscanned_border=unscanned, output_format=output_format,
-                    file_format=file_format, retardation=bool(retardation))
+                    file_format=file_format, retardation=bool(retardation), contrast=contrast)
     for i in range(n):
         s = seed + i
         name = f"{kind}_{s:05d}"

@@ -30,6 +30,7 @@ def make_lap_slice(
     unscanned_border: float = 0.0,
     output_format: str = "uint16",
     retardation: bool = False,
+    contrast: str = "standard",
 ) -> tuple[np.ndarray, ...]:
     """Synthetic LAP transmittance slice and its ground truth.
 
@@ -42,6 +43,8 @@ def make_lap_slice(
         unscanned_border: probability (True = 1) of zero-padded unscanned bands (image and mask 0 there).
         output_format: "uint16" camera counts (default) or "ntransmittance" (float32 in [0, 1]).
         retardation: also return the matching retardation image.
+        contrast: "standard" (default) or "inverted" (grey matter darker than white matter, see
+            :mod:`plimonai.synthetic.contrast`).
 
     Returns:
         image: uint16 (H, W), bright glass background (~40000-55000 counts), darker tissue
@@ -49,7 +52,8 @@ def make_lap_slice(
         mask: uint8 (H, W), 1 tissue, 0 background (holes, artifacts, glass, unscanned bands).
         retardation (only with ``retardation=True``): float32 (H, W) in [0, 1].
     """
-    plan = plan_slice(seed, shape, "lap", hard, section_class=section_class, unscanned_border=unscanned_border)
+    plan = plan_slice(seed, shape, "lap", hard, section_class=section_class, unscanned_border=unscanned_border,
+                      contrast=contrast)
     image, mask = render_plan(plan, output_format)
     if retardation:
         return image, mask, render_retardation(plan)

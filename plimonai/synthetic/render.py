@@ -32,6 +32,7 @@ from .fields import (
     wrap_window,
 )
 from .classes import draw_class_geometry_params, parse_section_class, pick_section_class
+from .contrast import apply_contrast
 from .geometry import SectionGeometry, build_section, draw_geometry_params
 from .unscanned import Unscanned, draw_unscanned
 
@@ -178,13 +179,15 @@ def _illumination(rng, cs, scale, shape, rp: RenderParams) -> np.ndarray:
 
 def plan_slice(seed: int, shape: tuple[int, int], kind: str = "lap", hard: bool | None = None,
                hard_fraction: float = 0.3, section_class: str = "human",
-               unscanned_border: float = 0.0) -> RenderPlan:
+               unscanned_border: float = 0.0, contrast: str = "standard") -> RenderPlan:
     """Draw geometry, parameters, artifacts and coarse fields of slice ``seed`` (no pixels yet).
 
     ``section_class``: "human" (default, the original whole human section), "mouse", "rat",
     "monkey", "human_hemisphere", "mixed" (one class per seed) or a comma-separated list (LAP only,
     see :mod:`~plimonai.synthetic.classes`). ``unscanned_border``: probability (True = 1) that the
-    slice has zero-padded unscanned bands (:mod:`~plimonai.synthetic.unscanned`).
+    slice has zero-padded unscanned bands (:mod:`~plimonai.synthetic.unscanned`). ``contrast``:
+    "standard" (default) or "inverted" (grey matter darker than white matter,
+    :mod:`~plimonai.synthetic.contrast`).
     """
     if hard is None:
         hard = draw_hard(seed, hard_fraction)
@@ -197,7 +200,7 @@ def plan_slice(seed: int, shape: tuple[int, int], kind: str = "lap", hard: bool 
     gp = draw_geometry_params(rng, shape, kind, hard) if cls == "human" else draw_class_geometry_params(
         rng, shape, cls, hard)
     geom = build_section(rng, shape, gp)
-    rp = draw_render_params(child_rng(seed, _PARAMS), shape, kind, hard)
+    rp = apply_contrast(draw_render_params(child_rng(seed, _PARAMS), shape, kind, hard), seed, contrast, hard)
     art = draw_artifacts(child_rng(seed, _ART), geom, rp.unit, hard)
     unscanned = draw_unscanned(seed, geom, rp.unit, float(unscanned_border))
     s, cs = geom.scale, coarse_shape(shape, geom.scale)
@@ -234,6 +237,8 @@ def plan_slice(seed: int, shape: tuple[int, int], kind: str = "lap", hard: bool 
         info["section_class"] = cls
     if unscanned is not None:
         info["unscanned"] = unscanned.summary()
+    if contrast != "standard":
+        info["contrast"] = contrast
     noise_bank = None
     if shape[0] * shape[1] > NOISE_BANK_ABOVE:
         noise_bank = frng.standard_normal((2039, 2039), dtype=np.float32)  # prime size: no tile-aligned repeats

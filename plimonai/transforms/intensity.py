@@ -22,6 +22,9 @@ __all__ = [
     "valid_pixel_mask",
     "estimate_glass_level",
     "estimate_illumination",
+    "fit_illumination",
+    "IlluminationField",
+    "RegionNormalizer",
     "NormalizeTransmittance",
     "NormalizeTransmittanced",
 ]
@@ -58,7 +61,33 @@ def _poly_basis(n: int, degree: int) -> np.ndarray:
     return np.stack([u**k for k in range(degree + 1)])
 
 
-def estimate_illumination(
+class IlluminationField:
+    """A fitted flat field (:func:`fit_illumination`): a 2D polynomial over the fitted image's block grid.
+
+    ``evaluate(y_centres, x_centres)`` gives the field (len(y), len(x)) float32 at pixel centres given in
+    the fitted image's pixel units (pixel ``i`` of that image has centre ``i + 0.5``), so the same fit serves
+    the image it was fitted on (``arange(h) + 0.5``) and a finer grid ``s`` times larger (``(arange(H) + 0.5) / s``).
+    """
+
+    def __init__(self, coef: np.ndarray, block: int, grid: tuple[int, int], median: float) -> None:
+        self.coef, self.block, self.grid, self.median = coef, int(block), grid, float(median)
+
+    def evaluate(self, y_centres: np.ndarray, x_centres: np.ndarray) -> np.ndarray:
+        (hb, wb), b, d = self.grid, self.block, self.coef.shape[0] - 1
+        uy = np.clip((np.asarray(y_centres, np.float64) / b - 0.5) / max(hb - 1, 1) * 2 - 1, -1.2, 1.2)
+        ux = np.clip((np.asarray(x_centres, np.float64) / b - 0.5) / max(wb - 1, 1) * 2 - 1, -1.2, 1.2)
+        py, px = np.stack([uy**k for k in range(d + 1)]), np.stack([ux**k for k in range(d + 1)])
+        # explicit sums instead of matmuls: BLAS rounds a single row (gemv) differently from a block
+        # (gemm), and a band must get exactly the values the whole field has there
+        a = sum(py[i][:, None] * self.coef[i][None, :] for i in range(d + 1)).astype(np.float32)  # (H, d+1)
+        pxf = px.astype(np.float32)
+        field = a[:, :1] * pxf[0]
+        for j in range(1, d + 1):
+            field += a[:, j : j + 1] * pxf[j]
+        return np.clip(field, 0.5 * self.median, 1.5 * self.median)
+
+
+def fit_illumination(
     trans: np.ndarray,
     valid: np.ndarray,
     degree: int = 3,
@@ -67,15 +96,9 @@ def estimate_illumination(
     iters: int = 6,
     min_glass_blocks: float = 0.1,
     bin_px: int = 4,
-) -> np.ndarray | None:
-    """Smooth glass-transmittance field ``B (H, W)`` (flat field), or None when too little glass shows.
-
-    The slice is cut into about ``n_blocks`` blocks along its short side; each block's ``percentile``
-    of its valid ``bin_px`` x ``bin_px`` bin means is its upper envelope (glass where the block shows glass). A 2D polynomial of
-    ``degree`` is fitted to those values, iteratively rejecting blocks far below the fit (tissue, ink,
-    slide edges), so vignetting and illumination gradients divide out and pale grey matter is
-    compared with the glass next to it rather than with the brightest glass of the slide.
-    """
+) -> IlluminationField | None:
+    """The fit of :func:`estimate_illumination` without evaluating it at every pixel (streamed slices
+    evaluate it band by band); None when too little glass shows."""
     h, w = trans.shape
     k = bin_px
     b = max(2 * k, min(h, w) // n_blocks // k * k)
@@ -104,16 +127,35 @@ def estimate_illumination(
         r = vv - a @ coef
         sigma = 1.4826 * np.median(np.abs(r[keep])) + 1e-9
         keep = finite & (r > -3.0 * sigma)
-    # evaluate at every pixel: block centres map to the same [-1, 1] coordinates
-    uy = np.clip(((np.arange(h) + 0.5) / b - 0.5) / max(hb - 1, 1) * 2 - 1, -1.2, 1.2)
-    ux = np.clip(((np.arange(w) + 0.5) / b - 0.5) / max(wb - 1, 1) * 2 - 1, -1.2, 1.2)
-    py, px = np.stack([uy**k for k in range(degree + 1)]), np.stack([ux**k for k in range(degree + 1)])
     c = np.zeros((degree + 1, degree + 1))
     for (i, j), v in zip(pairs, coef):
         c[i, j] = v
-    field = ((py.T @ c).astype(np.float32) @ px.astype(np.float32))  # (H, d+1) @ (d+1, W): one matmul
-    med = float(np.median(vv[keep]))
-    return np.clip(field, 0.5 * med, 1.5 * med)
+    return IlluminationField(c, b, (hb, wb), float(np.median(vv[keep])))
+
+
+def estimate_illumination(
+    trans: np.ndarray,
+    valid: np.ndarray,
+    degree: int = 3,
+    n_blocks: int = 32,
+    percentile: float = 95.0,
+    iters: int = 6,
+    min_glass_blocks: float = 0.1,
+    bin_px: int = 4,
+) -> np.ndarray | None:
+    """Smooth glass-transmittance field ``B (H, W)`` (flat field), or None when too little glass shows.
+
+    The slice is cut into about ``n_blocks`` blocks along its short side; each block's ``percentile``
+    of its valid ``bin_px`` x ``bin_px`` bin means is its upper envelope (glass where the block shows glass). A 2D polynomial of
+    ``degree`` is fitted to those values, iteratively rejecting blocks far below the fit (tissue, ink,
+    slide edges), so vignetting and illumination gradients divide out and pale grey matter is
+    compared with the glass next to it rather than with the brightest glass of the slide.
+    """
+    fit = fit_illumination(trans, valid, degree, n_blocks, percentile, iters, min_glass_blocks, bin_px)
+    if fit is None:
+        return None
+    h, w = trans.shape  # evaluate at every pixel: block centres map to the same [-1, 1] coordinates
+    return fit.evaluate(np.arange(h) + 0.5, np.arange(w) + 0.5)
 
 
 class NormalizeTransmittance(Transform):
@@ -148,6 +190,17 @@ class NormalizeTransmittance(Transform):
         self.clip = (float(clip[0]), float(clip[1]))
         self.channel = channel
 
+    def fit_regions(self, trans, scale: Sequence[float] = (1.0, 1.0)) -> "RegionNormalizer":
+        """Estimate glass level and flat field on ``trans`` (h, w), e.g. a low-resolution pyramid level of a
+        slice ``scale`` = (sy, sx) times larger, for :class:`RegionNormalizer` to apply to the full slice."""
+        t = torch.as_tensor(np.asarray(trans, dtype=np.float32))
+        valid = valid_pixel_mask(t, self.invalid_value)
+        glass = estimate_glass_level(t, valid, self.glass_percentile)
+        field = None
+        if np.isfinite(glass) and glass > 0 and self.flat_field_degree is not None:
+            field = fit_illumination(t.numpy(), valid.numpy(), degree=self.flat_field_degree)
+        return RegionNormalizer(glass, field, scale, self.clip, self.invalid_value)
+
     def __call__(self, img, return_valid: bool = False):
         t = convert_to_tensor(img, track_meta=True)
         x = t.as_tensor() if isinstance(t, MetaTensor) else t
@@ -174,6 +227,53 @@ class NormalizeTransmittance(Transform):
         if return_valid:
             return out, valid[None].to(torch.uint8)
         return out
+
+
+class RegionNormalizer:
+    """:class:`NormalizeTransmittance` with its glass level and flat field fixed, applied region by region.
+
+    For slices too large to load (streamed PM slices): the statistics are estimated once on a
+    low-resolution level (:meth:`NormalizeTransmittance.fit_regions`) and each band or window of the
+    full-resolution slice is normalised with them. With statistics from the full-resolution image
+    (``scale`` 1) every region gets exactly the values the whole-slice transform gives there.
+
+    Args:
+        glass: glass level (NaN or <= 0: nothing usable, every region becomes invalid background).
+        field: fitted flat field, or None for the single glass level.
+        scale: (sy, sx) slice pixels per pixel of the image the statistics came from.
+        clip: output range.
+        invalid_value: value marking unscanned pixels.
+
+    ``__call__(trans, y0, x0)``: (h, w) transmittance (any real dtype) at row ``y0``, column ``x0`` of the
+    slice -> ((h, w) float32 attenuation, (h, w) bool valid mask).
+    """
+
+    def __init__(self, glass: float, field: IlluminationField | None, scale: Sequence[float] = (1.0, 1.0),
+                 clip: Sequence[float] = (-0.5, 1.0), invalid_value: float | None = 0.0) -> None:
+        self.glass, self.field = float(glass), field
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.clip, self.invalid_value = (float(clip[0]), float(clip[1])), invalid_value
+
+    @property
+    def usable(self) -> bool:
+        return bool(np.isfinite(self.glass) and self.glass > 0)
+
+    def reference(self, y0: int, x0: int, h: int, w: int) -> torch.Tensor | float:
+        """The glass reference (field values (h, w) float32, or the glass level) of a region."""
+        if self.field is None:
+            return self.glass
+        ys = (np.arange(y0, y0 + h) + 0.5) / self.scale[0]
+        xs = (np.arange(x0, x0 + w) + 0.5) / self.scale[1]
+        return torch.from_numpy(self.field.evaluate(ys, xs))
+
+    def __call__(self, trans, y0: int = 0, x0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.asarray(trans, dtype=np.float32)) if not isinstance(trans, torch.Tensor) else trans.float()
+        valid = valid_pixel_mask(x, self.invalid_value)
+        if not self.usable:
+            return torch.zeros_like(x), torch.zeros_like(valid)
+        out = (1.0 - x / self.reference(y0, x0, *x.shape)).clamp_(*self.clip)  # as NormalizeTransmittance
+        out[~valid] = 0.0
+        return out, valid
 
 
 class NormalizeTransmittanced(MapTransform):
