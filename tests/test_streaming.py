@@ -333,3 +333,14 @@ def test_memory_bounded_on_20000_slice(tmp_path):
     print(rss)
     assert max(rss.values()) < 2048
     assert rss[(20000, False)] - rss[(10000, False)] < 300
+
+
+def test_per_window_options_pass_through(pm, tmp_path):
+    """Flip TTA works on streamed slices as in the LAP inferer: the flips of a pixel-wise network agree
+    exactly (tta_dice 1) and leave the mask unchanged."""
+    kw = dict(roi_size=(512, 512), coarse_to_fine=False, postprocess=StreamingMaskPostprocess(3000, 1500))
+    plain = StreamingSliceInferer(output_dir=tmp_path / "plain", **kw)(pm["small"], ThresholdNet(), "cpu")
+    tta = StreamingSliceInferer(output_dir=tmp_path / "tta", tta=True, **kw)(pm["small"], ThresholdNet(), "cpu")
+    assert plain["tta_dice"] is None and tta["tta_dice"] == 1.0
+    assert np.array_equal(tifffile.imread(plain["mask_path"]), tifffile.imread(tta["mask_path"]))
+    assert plain["confidence"] == tta["confidence"] and 0 < plain["confidence"] <= 1
