@@ -28,9 +28,10 @@ CLASSES = ("mouse", "rat", "monkey", "human_hemisphere", "human")
 def ensure_set(cls: str, n: int, seed: int, root: Path) -> Path:
     d = root / f"test_cls_{cls}"
     if not (d / "datalist.json").is_file():
-        subprocess.run([str(ROOT / ".venv/bin/plimonai"), "synth", "--n", str(n), "--n_val", "0", "--seed", str(seed),
-                        "--section_class", cls, "--output_format", "ntransmittance", "--unscanned_border", "True",
-                        "--out", str(d)], check=True)
+        from plimonai.synthetic import generate_dataset
+
+        generate_dataset(d, n=n, n_val=0, seed=seed, section_class=cls, output_format="ntransmittance",
+                         unscanned_border=True)
     return d
 
 

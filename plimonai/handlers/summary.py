@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from plimonai.io.background import PENDING_KEY, resolve_pending
+from plimonai.io.background import PENDING_KEY, first_error
 
 __all__ = ["SUMMARY_FIELDS", "SliceSummaryHandler", "read_summary", "raise_if_failed"]
 
@@ -73,7 +73,7 @@ class SliceSummaryHandler:
         self.gather_fn, self.filename = gather_fn, filename
         self.fields = list(fields) if fields else list(SUMMARY_FIELDS)
         self.rows: list[dict] = []
-        self._pending: list[tuple[dict, dict]] = []
+        self._pending: list[tuple[dict, list]] = []
         self.t_start = time.perf_counter()
         self.totals: dict = {}
 
@@ -125,18 +125,18 @@ class SliceSummaryHandler:
             row = self.row_from_output(out)
             self.rows.append(row)
             if out.get(PENDING_KEY):  # mask/overlay still being written in the background (plimonai.io.BackgroundWriter)
-                self._pending.append((row, {PENDING_KEY: out.pop(PENDING_KEY)}))
+                self._pending.append((row, out.pop(PENDING_KEY)))
             elif row["status"] != "ok":
                 logger.error("FAILED %s: %s", row["image"], row["error"])
 
     def resolve_writes(self, wait: bool = True) -> None:
         """Settle background writes (all when ``wait``, else the finished ones): a failed write fails its slice."""
         keep = []
-        for row, rec in self._pending:
-            if not wait and not all(f.done() for f in rec[PENDING_KEY]):
-                keep.append((row, rec))
+        for row, futures in self._pending:
+            if not wait and not all(f.done() for f in futures):
+                keep.append((row, futures))
                 continue
-            err = resolve_pending(rec)
+            err = first_error(futures)
             if err:
                 row.update(status="failed", error=f"writing outputs: {err}")
                 logger.error("FAILED %s: %s", row["image"], row["error"])

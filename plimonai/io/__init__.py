@@ -1,6 +1,6 @@
 """Writers for tissue masks and quick-look overlays."""
 
-from .background import BackgroundWriter, resolve_pending
+from .background import BackgroundWriter, first_error
 from .overlay import SaveOverlayd, overlay_path_for, render_overlay, save_overlay
 from .writers import (
     IMAGE_EXTENSIONS,
@@ -22,8 +22,8 @@ __all__ = [
     "is_temp_path",
     "mask_path_for",
     "overlay_path_for",
+    "first_error",
     "render_overlay",
-    "resolve_pending",
     "save_overlay",
     "source_path",
     "split_image_name",

@@ -5,16 +5,16 @@ around it (post-processing, TIFF/PNG compression) leave cores idle. ``Background
 file writes of slice N onto one worker thread that overlaps slice N+1 (zlib and PIL release the GIL).
 It is bounded (``max_pending``), so memory holds at most that many extra masks, and failures are
 not lost: each write's ``Future`` travels with the slice's record and the summary handler turns an
-exception into a ``failed`` row (:func:`resolve_pending`).
+exception into a ``failed`` row (:func:`first_error`).
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, MutableMapping
+from typing import Any, Callable, Iterable, MutableMapping
 
-__all__ = ["PENDING_KEY", "BackgroundWriter", "resolve_pending", "submit_write"]
+__all__ = ["PENDING_KEY", "BackgroundWriter", "first_error", "submit_write"]
 
 PENDING_KEY = "pending_writes"  # list of Futures in a slice's record
 
@@ -55,17 +55,15 @@ class BackgroundWriter:
             self._pool = None
 
 
-def submit_write(writer: BackgroundWriter | None, record: MutableMapping, fn: Callable[..., Any], *args: Any) -> None:
-    """Run ``fn(*args)`` through ``writer`` (or now, when ``None``) and keep its Future in ``record[PENDING_KEY]``."""
-    fut = (writer or BackgroundWriter(enabled=False)).submit(fn, *args)
-    record.setdefault(PENDING_KEY, []).append(fut)
+def submit_write(writer: BackgroundWriter, record: MutableMapping, fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` through ``writer`` and keep its Future in ``record[PENDING_KEY]``."""
+    record.setdefault(PENDING_KEY, []).append(writer.submit(fn, *args))
 
 
-def resolve_pending(record: MutableMapping) -> str:
-    """Wait for the record's pending writes; returns ``""`` or the first error as ``"Type: message"``."""
-    errors = []
-    for fut in record.pop(PENDING_KEY, None) or []:
+def first_error(futures: Iterable[Future]) -> str:
+    """Wait for ``futures``; returns ``""`` or the first error as ``"Type: message"``."""
+    for fut in futures:
         exc = fut.exception()
         if exc is not None:
-            errors.append(f"{type(exc).__name__}: {exc}")
-    return errors[0] if errors else ""
+            return f"{type(exc).__name__}: {exc}"
+    return ""

@@ -65,6 +65,14 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, connectivity)
 
 
+def check_area_rules(min_component_fraction: float, connectivity: int) -> None:
+    """Raise ``ValueError`` for a fraction outside [0, 1] or a 2D connectivity other than 1 or 2
+    (shared by the in-memory and the streamed post-processing)."""
+    if not 0.0 <= min_component_fraction <= 1.0:
+        raise ValueError(f"min_component_fraction must be in [0, 1], got {min_component_fraction}.")
+    _structure(connectivity)
+
+
 def _label_areas(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Label ``mask`` and return (labels, areas) with ``areas[0] == 0`` (index 0 = outside ``mask``)."""
     labels, n = ndimage.label(mask, structure=_structure(connectivity))
@@ -237,9 +245,7 @@ class TissueMaskPostprocess(Transform):
             keep_largest: keep only the largest component (MONAI ``KeepLargestConnectedComponent``).
             connectivity: tissue connectivity (1 or 2); holes use the dual one (3 - connectivity).
         """
-        if not 0.0 <= min_component_fraction <= 1.0:
-            raise ValueError(f"min_component_fraction must be in [0, 1], got {min_component_fraction}.")
-        _structure(connectivity)
+        check_area_rules(min_component_fraction, connectivity)
         self.min_component_area = int(min_component_area)
         self.max_hole_area = int(max_hole_area)
         self.min_component_fraction = float(min_component_fraction)

@@ -37,6 +37,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .post import check_area_rules
+
 __all__ = ["StreamingMaskPostprocess"]
 
 
@@ -152,10 +154,7 @@ class StreamingMaskPostprocess:
         connectivity: int = 2,
         max_band_pixels: int = 1 << 22,
     ) -> None:
-        if connectivity not in (1, 2):
-            raise ValueError(f"connectivity must be 1 or 2, got {connectivity}.")
-        if not 0.0 <= min_component_fraction <= 1.0:
-            raise ValueError(f"min_component_fraction must be in [0, 1], got {min_component_fraction}.")
+        check_area_rules(min_component_fraction, connectivity)
         self.min_component_area, self.max_hole_area = int(min_component_area), int(max_hole_area)
         self.min_component_fraction, self.keep_largest = float(min_component_fraction), bool(keep_largest)
         self.connectivity, self.max_band_pixels = connectivity, int(max_band_pixels)
