@@ -13,7 +13,7 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["tune_allocator", "available_cores", "configure_threads", "setup_runtime", "accelerator_settings", "window_bytes"]
+__all__ = ["tune_allocator", "trim_heap", "peak_rss_mb", "available_cores", "configure_threads", "setup_runtime", "accelerator_settings", "window_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,44 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 4 << 30)
     ok_trim = bool(mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)))
     _TUNED = ok_mmap and ok_trim
     return _TUNED
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's own address space, MB (``VmHWM``).
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not that on Linux: it keeps the parent's high-water mark across
+    fork + exec, so a child started from a 1.7 GB pytest process reports >= 1.7 GB whatever it does.
+    Falls back to ``ru_maxrss`` where ``/proc`` is absent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+_MALLOC_TRIM = None
+
+
+def trim_heap() -> bool:
+    """Hand freed heap pages back to the OS now (glibc ``malloc_trim(0)``; False where there is none).
+
+    With :func:`tune_allocator`'s thresholds freed blocks stay in the heap; memory-bound work that frees
+    large buffers between small long-lived objects (streamed PM slices) calls this after each window
+    batch and band, or the fragmented heap keeps growing.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    return bool(_MALLOC_TRIM and _MALLOC_TRIM(0) is not None)
 
 
 def available_cores() -> int:

@@ -9,7 +9,7 @@ Synthetic PM slices (:func:`plimonai.synthetic.write_pm_slice`, 1024 tiles, SubI
 ground truth) are generated once and cached in ``--work_dir``. Each (size, mode) case runs in its own
 subprocess with the bundle's ``stream_inferer`` (``bundle/configs/inference.json``, allocator and
 threads as the workflow's ``initialize``) and the network of ``--ckpt`` on ``--backend``, so its peak
-RSS (``ru_maxrss``) is that case's alone. Dice against the ground truth is counted band by band from
+RSS (``VmHWM``, :func:`plimonai.runtime.peak_rss_mb`) is that case's alone. Dice against the ground truth is counted band by band from
 the two tiled TIFFs. Prints a table and writes it as markdown to ``--out``.
 """
 
@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -84,21 +83,21 @@ def run_case(args: argparse.Namespace) -> dict:
 
     from plimonai.networks import load_backend
     from plimonai.networks.fusion import fuse_conv_bn
-    from plimonai.runtime import setup_runtime
+    from plimonai.runtime import peak_rss_mb, setup_runtime
 
     case = json.loads(args.case)
     runtime = setup_runtime(None)
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle/configs/inference.json"))
     parser.update({"bundle_root": str(ROOT / "bundle"), "output_dir": case["out"], "coarse_to_fine": case["c2f"],
-                   "device": "$torch.device('cpu')"})
+                   "device": "$torch.device('cpu')", "ort_mem_arena": case["ort_mem_arena"]})
     net = parser.get_parsed_content("network_def")
     if case["ckpt"]:
         state = torch.load(case["ckpt"], map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) and "model" in state else state
         net.load_state_dict(state)
     fuse_conv_bn(net.eval())
-    network = load_backend(case["backend"], net, None, "cpu").eval()
+    network = load_backend(case["backend"], net, None, "cpu", parser["ort_mem_arena"]).eval()
     inferer = parser.get_parsed_content("stream_inferer")
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -108,7 +107,7 @@ def run_case(args: argparse.Namespace) -> dict:
             "coarse_windows": out["coarse_windows"], "mask": out["mask_path"], "tissue_area_px": out["tissue_area_px"],
             "components": out[f"{parser['pred_key']}_components"], "threads": runtime["threads"],
             "allocator_tuned": runtime["allocator_tuned"],
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+            "maxrss_mb": peak_rss_mb()}
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -140,6 +139,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--ckpt", default=default_ckpt(), help="weights (default bundle/models/model.pt, else runs/best_s2_e30.pt)")
     ap.add_argument("--backend", default="auto", help="network_backend: auto (ONNX Runtime on CPU), eager, ...")
+    ap.add_argument("--ort_mem_arena", type=int, default=0, help="1: keep ONNX Runtime's memory arena (the LAP default)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bundle/docs/bench_pm.md"), help="markdown result ('' to skip)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
@@ -157,7 +157,8 @@ def main() -> None:
         img, gt = ensure_slice(work, shape, args.seed)
         for mode in args.modes:
             out_dir = work / f"out_{shape[0]}x{shape[1]}_{mode}"
-            case = {"image": str(img), "out": str(out_dir), "c2f": MODES[mode], "ckpt": args.ckpt, "backend": args.backend}
+            case = {"image": str(img), "out": str(out_dir), "c2f": MODES[mode], "ckpt": args.ckpt, "backend": args.backend,
+                    "ort_mem_arena": bool(args.ort_mem_arena)}
             r = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if r.returncode != 0 or line is None:
@@ -177,9 +178,11 @@ def main() -> None:
             f"`scripts/bench_pm.py --sizes {' '.join(args.sizes)}` on {_dt.date.today().isoformat()}: "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
             f"({rows[0]['threads'] if rows else '?'} intra-op threads), network backend `{args.backend}`, "
-            f"weights `{ckpt}`, glibc allocator tuned: {rows[0]['allocator_tuned'] if rows else '?'}.",
+            f"weights `{ckpt}`, glibc allocator tuned: {rows[0]['allocator_tuned'] if rows else '?'}, "
+            f"ONNX Runtime memory arena: {'on' if args.ort_mem_arena else 'off (`--ort_mem_arena False`)'}. "
+            "Wall times vary with the load of the machine (shared while measured).",
             "Synthetic PM slices (`plimonai.synthetic.write_pm_slice`, seed "
-            f"{args.seed}, 1024 tiles, SubIFD pyramid); each case in its own process (peak RSS = `ru_maxrss`); "
+            f"{args.seed}, 1024 tiles, SubIFD pyramid); each case in its own process (peak RSS = the process's own `VmHWM`); "
             "bundle defaults (1024 windows, overlap 0.125, gaussian blending, `coarse_max_side` 3072).", "",
             "Targets: peak RSS under 2 GB at every size; coarse-to-fine at least 5x fewer full-resolution windows "
             "than full-resolution streaming, Dice within 0.002 of it.", "",

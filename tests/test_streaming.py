@@ -306,14 +306,14 @@ def test_bad_slices_fail_alone(pm, tmp_path):
 # -- memory ---------------------------------------------------------------------------------
 
 _CASE = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {tests!r})
 from helpers import ThresholdNet
 from plimonai.inferers import StreamingSliceInferer
-from plimonai.runtime import setup_runtime
+from plimonai.runtime import peak_rss_mb, setup_runtime
 setup_runtime(None)
 out = StreamingSliceInferer(coarse_to_fine={c2f})({image!r}, ThresholdNet(), "cpu")
-print(json.dumps({{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "windows": out["windows_run"]}}))
+print(json.dumps({{"rss_mb": peak_rss_mb(), "windows": out["windows_run"]}}))
 """
 
 

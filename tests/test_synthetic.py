@@ -193,11 +193,12 @@ def test_pm_tiled_pyramid_and_consistent(tmp_path):
 def test_pm_memory_bounded_20k(tmp_path):
     code = textwrap.dedent(
         f"""
-        import json, resource
+        import json
+        from plimonai.runtime import peak_rss_mb
         from plimonai.synthetic import write_pm_slice
         res = write_pm_slice({str(tmp_path / 'big.tif')!r}, {str(tmp_path / 'big_mask.tif')!r},
                              shape=(20000, 20000), seed=1)
-        res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["maxrss_mb"] = peak_rss_mb()
         print(json.dumps(res))
         """
     )

@@ -22,6 +22,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from scipy import ndimage
 
+from plimonai.runtime import trim_heap
 from plimonai.transforms.post import TissueMaskPostprocess, remove_small_components
 
 __all__ = ["CoarsePrediction", "window_cores", "coarse_margin"]
@@ -53,7 +54,9 @@ def coarse_margin(
 
     def counted(x: torch.Tensor) -> torch.Tensor:
         count[0] += x.shape[0]
-        return predictor(x)
+        out = predictor(x)
+        trim_heap()  # freed activations back to the OS (see plimonai.runtime.trim_heap)
+        return out
 
     inferer = SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
                                    sigma_scale=sigma_scale, padding_mode="constant", cval=0.0)

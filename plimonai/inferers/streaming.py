@@ -19,14 +19,12 @@ instead of through the whole-slice preprocessing; :class:`StreamingSliceInferer`
    pyramidal TIFF (:func:`~plimonai.io.tiled.write_tiled_mask`), and an overlay PNG from the preview.
 
 Memory: network and window buffers, the preview (a few ``coarse_max_side``\\ :sup:`2` float arrays), the
-tile cache, one band of the mask, and the blending carry (window overlap x slice width, 12 bytes a pixel),
+tile cache, one band of the mask, and the blending carry (window overlap x slice width, 8 bytes a pixel),
 not the slice. See ``bundle/docs/pm_inference.md``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -43,6 +41,7 @@ from plimonai.io.overlay import overlay_path_for, save_overlay
 from plimonai.io.tiled import BlockReducer, write_tiled_mask
 from plimonai.io.writers import mask_path_for
 from plimonai.qc.confidence import slice_confidence
+from plimonai.runtime import trim_heap
 from plimonai.transforms.intensity import NormalizeTransmittance, RegionNormalizer, valid_pixel_mask
 from plimonai.transforms.post_stream import StreamingMaskPostprocess
 
@@ -69,21 +68,14 @@ class StreamSelector:
         return shape is not None and shape[0] * shape[1] >= self.min_pixels
 
 
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; no-op elsewhere). The sweep frees
-    megabyte-sized window buffers between small long-lived objects (the compressed mask, the component
-    tables); without this the fragmented heap keeps growing band after band."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
+def _prime(network: Callable, device: torch.device) -> None:
+    """One tiny forward before the first window: a lazily built runtime (ONNX Runtime's export traces its
+    first input) is then built on 64 x 64 px, not on a 1024 x 1024 window (about 0.4 GB less peak)."""
+    try:
+        network(torch.zeros(1, 1, 64, 64, device=device))
+    except Exception:  # a network that cannot take it (fixed input size): build on the first window
+        pass
+    trim_heap()
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -100,7 +92,8 @@ class BlendSweep:
     contribution from later windows, so it is finalised right after window (i, j): ``finalize(y0, x0,
     sums (C, h, w), weights (h, w))`` turns it into a mask block. What later windows still need is
     carried: to the right, the previous window's buffer; downward, the rows below the next window row
-    (``carry``: (C + 1, rows, W)). Every pixel adds its contributions in window order, as
+    (``carry``: the C weighted sums, (C, rows, W); the weights there are re-added from the window grid,
+    in the same order, instead of being carried). Every pixel adds its contributions in window order, as
     ``sliding_window_inference`` does, so the blend is bitwise the same. MONAI's ``sliding_window_inference``
     and ``AvgMerger`` hold the whole output and count map, ``ZarrAvgMerger`` spills them to disk: hence this.
 
@@ -117,6 +110,20 @@ class BlendSweep:
         self.shape, self.roi = (int(shape[0]), int(shape[1])), (int(roi[0]), int(roi[1]))
         self.ys, self.xs = list(ys), list(xs)
         self.importance, self.channels = importance.float(), int(channels)
+
+    def _earlier_weights(self, wbuf: torch.Tensor, i: int, x0: int, c0: int, rows: int, active: np.ndarray) -> None:
+        """Add to ``wbuf`` (the weight plane of window (i, ·)'s buffer at column ``x0``) the importance of every
+        running window of the rows above that reaches its first ``rows`` rows, columns ``c0`` on, in window
+        order: what the carried weight sums would hold, at 2/3 of the carry's memory."""
+        (ry, rx), ys, xs = self.roi, self.ys, self.xs
+        for k in range(i):
+            r1 = min(ys[k] + ry, ys[i] + rows)
+            if r1 <= ys[i]:
+                continue
+            for m, xm in enumerate(xs):
+                a0, a1 = max(xm, x0 + c0), min(xm + rx, x0 + rx)
+                if a0 < a1 and active[k, m]:
+                    wbuf[: r1 - ys[i], a0 - x0 : a1 - x0] += self.importance[ys[i] - ys[k] : r1 - ys[k], a0 - xm : a1 - xm]
 
     def run(
         self,
@@ -143,7 +150,7 @@ class BlendSweep:
             oy1 = ys[i + 1] if i + 1 < len(ys) else h
             band = np.zeros((oy1 - y0, w), bool)
             nxt = ys[i + 1] if i + 1 < len(ys) else None
-            carry_out = torch.zeros((c + 1, y0 + ry - nxt, w)) if nxt is not None else None
+            carry_out = torch.zeros((c, y0 + ry - nxt, w)) if nxt is not None else None
             prev: tuple[int, torch.Tensor] | None = None
             for j, x0 in enumerate(xs):
                 ox1 = xs[j + 1] if j + 1 < len(xs) else w
@@ -155,7 +162,8 @@ class BlendSweep:
                     if new_from:
                         buf[:, :, :new_from] = pbuf[:, :, x0 - px0 :]
                 if carry is not None and new_from < rx:  # earlier rows' contributions to the new columns
-                    buf[:, : carry.shape[1], new_from:] = carry[:, :, x0 + new_from : x0 + rx]
+                    buf[:c, : carry.shape[1], new_from:] = carry[:, :, x0 + new_from : x0 + rx]
+                    self._earlier_weights(buf[c], i, x0, new_from, carry.shape[1], active)
                 if active[i, j]:
                     if (i, j) not in preds:
                         ids = todo[where[(i, j)] : where[(i, j)] + max(1, batch)]
@@ -164,7 +172,7 @@ class BlendSweep:
                     buf[c] += self.importance
                 band[:, x0:ox1] = finalize(y0, x0, buf[:c, : oy1 - y0, : ox1 - x0], buf[c, : oy1 - y0, : ox1 - x0])
                 if carry_out is not None:
-                    carry_out[:, :, x0:ox1] = buf[:, nxt - y0 :, : ox1 - x0]
+                    carry_out[:, :, x0:ox1] = buf[:c, nxt - y0 :, : ox1 - x0]
                 prev = (x0, buf)
             carry = carry_out
             yield y0, band
@@ -275,6 +283,7 @@ class StreamingSliceInferer:
         device = torch.device(device or "cpu")
         autocast = (lambda: torch.autocast(device.type, **(amp_kwargs or {}))) if amp else nullcontext
         predictor, tta = self._predictor(network)
+        _prime(network, device)
         with TiledTiffImage(path, cache_bytes=self.cache_bytes) as img:
             h, w = img.shape
             if h < self.roi[0] or w < self.roi[1]:
@@ -285,7 +294,7 @@ class StreamingSliceInferer:
             norm = self.normalize.fit_regions(small, scale)
             small_att, small_valid = RegionNormalizer(norm.glass, norm.field, (1.0, 1.0), norm.clip, norm.invalid_value)(small)
             del small
-            _trim_heap()
+            trim_heap()
             ys, xs = window_starts(h, self.roi[0], self.overlap), window_starts(w, self.roi[1], self.overlap)
             coarse, coarse_windows = None, 0
             if self.coarse_to_fine:
@@ -295,7 +304,7 @@ class StreamingSliceInferer:
                 coarse = CoarsePrediction(margin, small_valid.numpy(), (h, w))
                 active = coarse.active_windows(ys, xs, self.roi, self.uncertain_logit, self.border_px,
                                                self.postprocess.min_component_area, self.postprocess.max_hole_area)
-                _trim_heap()
+                trim_heap()
             else:
                 active = np.ones((len(ys), len(xs)), bool)
 
@@ -305,6 +314,7 @@ class StreamingSliceInferer:
                 with autocast():
                     out = predictor(x.to(device))
                 out = out.float().cpu()
+                trim_heap()  # the network's freed activations (see plimonai.runtime.trim_heap)
                 if out.shape[1] != self.out_channels:
                     raise ValueError(f"network gave {out.shape[1]} channels, expected out_channels={self.out_channels}")
                 return list(out * self.importance)  # as sliding_window_inference: output *= importance map
@@ -350,7 +360,7 @@ class StreamingSliceInferer:
             pp.start(w)
             for y0, band in sweep.run(active, predict, finalize, self.sw_batch_size):
                 pp.add(band, valid_rows.pop(y0))
-                _trim_heap()
+                trim_heap()
             windows_run = int(active.sum())
 
             # pass 3 of the post-processing streams into the writer; the overlay mask is reduced on the way

@@ -109,9 +109,11 @@ class OnnxRuntimeNetwork(_LazyRuntime):
     call, one session per wrapper (so per process). Inputs are padded to ``multiple`` and cropped back.
     """
 
-    def __init__(self, module: nn.Module, multiple: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, module: nn.Module, multiple: int | None = None, threads: int | None = None,
+                 mem_arena: bool = True) -> None:
         super().__init__(module, multiple or getattr(module, "size_multiple", None) or 16)
         self.threads = threads
+        self.mem_arena = mem_arena  # False: activations freed after each run (about 0.35 GB less peak, 1024 windows)
 
     def _build(self, x: torch.Tensor):
         import onnxruntime as ort
@@ -128,6 +130,7 @@ class OnnxRuntimeNetwork(_LazyRuntime):
         opts.intra_op_num_threads = int(self.threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = bool(self.mem_arena)
         logger.info("ONNX Runtime session built (%d threads)", opts.intra_op_num_threads)
         return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
@@ -170,6 +173,7 @@ def load_backend(
     network_def: nn.Module | None,
     ts_path: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
+    ort_mem_arena: bool = True,
 ) -> nn.Module:
     """The network a workflow runs, for ``backend`` (see the module docstring).
 
@@ -178,6 +182,8 @@ def load_backend(
         network_def: the instantiated PyTorch network (every backend but ``"torchscript"``).
         ts_path: the TorchScript file (``"torchscript"`` only).
         device: where the network runs.
+        ort_mem_arena: ``"onnxruntime"`` only: keep ONNX Runtime's CPU memory arena (faster reuse; False
+            frees activations after each run, for memory-bound runs such as streamed PM slices).
 
     Returns:
         an ``nn.Module`` on ``device``, ``(B, C, H, W)`` -> ``(B, K, H, W)`` logits.
@@ -200,7 +206,7 @@ def load_backend(
             raise ImportError("network_backend 'onnxruntime' needs onnxruntime and onnx: pip install 'plimonai[fast]'")
         if torch.device(device).type != "cpu":
             raise ValueError("network_backend 'onnxruntime' runs on CPU here; use 'eager' or 'compile' on GPU")
-        return OnnxRuntimeNetwork(net)
+        return OnnxRuntimeNetwork(net, mem_arena=ort_mem_arena)
     if b == "compile":
         return CompiledNetwork(net)
     return net
