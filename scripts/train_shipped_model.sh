@@ -23,5 +23,5 @@ $PY -m monai.bundle run training \
     --config_file "['bundle/configs/train.json','bundle/configs/weighted_sampling.json']" \
     --meta_file bundle/configs/metadata.json --bundle_root bundle --dataset_dir samples --datalist "$DATALIST" \
     --output_dir "${OUTPUT_DIR:-runs/train_mixed}" \
-    --patch_size "[512,512]" --num_samples 4 --batch_size 4 --epochs "${EPOCHS:-30}" --val_interval "${VAL_INTERVAL:-3}" \
+    --patch_size "[512,512]" --num_samples 1 --batch_size 4 --epochs "${EPOCHS:-30}" --val_interval "${VAL_INTERVAL:-3}" \
     --learning_rate "${LR:-0.001}" --save_interval 50 --num_workers 1 "${init[@]}" "$@"

@@ -88,3 +88,39 @@ def test_bad_training_data_named(data, tmp_path, breakage, needle):
     r = train(data, tmp_path, "--epochs", "1")
     assert r.returncode != 0
     assert needle in r.log
+
+
+def test_default_batch_mixes_slices(tmp_path):
+    """A default batch holds one crop from each of ``batch_size`` slices: with several crops of one slice per
+    batch the network learned per-slice batch-norm statistics and failed in eval mode on low-contrast slices."""
+    from monai.bundle import ConfigParser
+
+    d = write_datalist(tmp_path / "data", n=5, n_val=1)
+    p = ConfigParser()
+    p.read_config(TRAIN)
+    p.update({"bundle_root": str(ROOT / "bundle"), "dataset_dir": str(d), "patch_size": [64, 64], "num_workers": 0,
+              "cache_workers": 0})
+    assert p.get_parsed_content("num_samples") == 1
+    loader = p.get_parsed_content("train#dataloader")
+    assert loader.batch_size == p.get_parsed_content("batch_size") == 4
+    batch = next(iter(loader))
+    assert tuple(batch["image"].shape) == (4, 1, 64, 64)
+    # four different slices (shuffled without replacement): no two crops are equal
+    flat = batch["image"].reshape(4, -1)
+    assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_diagnose_batchnorm_own_statistics():
+    """scripts/diagnose_batchnorm.py: the copy's running statistics are the crops' own, the original is untouched."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from diagnose_batchnorm import own_statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3)).eval()
+    before = net[1].running_mean.clone()
+    crops = torch.randn(8, 1, 16, 16) * 2 + 5
+    adapted = own_statistics(net, crops, batch=4)
+    with torch.no_grad():
+        feats = net[0](crops)
+    assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.equal(net[1].running_mean, before) and not adapted.training
