@@ -32,7 +32,7 @@ try:
 except ImportError:
     mpi4py = None
 needs_mpi = pytest.mark.skipif(MPIEXEC is None or mpi4py is None, reason="needs mpi4py and mpiexec")
-TIMEOUT = 90  # seconds: a hung job fails the test instead of hanging it
+TIMEOUT = 180  # seconds: a hung job fails the test instead of hanging it (generous: CI machines are shared)
 
 
 class SlowNet(ThresholdNet):
