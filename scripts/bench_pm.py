@@ -94,7 +94,7 @@ def run_case(args: argparse.Namespace) -> dict:
     net = parser.get_parsed_content("network_def")
     if case["ckpt"]:
         state = torch.load(case["ckpt"], map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) and "model" in state else state
+        state = state["model"] if "model" in state else state  # CheckpointLoader's two layouts
         net.load_state_dict(state)
     fuse_conv_bn(net.eval())
     network = load_backend(case["backend"], net, None, "cpu", parser["ort_mem_arena"]).eval()

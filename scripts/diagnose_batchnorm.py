@@ -61,7 +61,7 @@ def main() -> None:
     crop = Compose(p.get_parsed_content("train#augmentation")[:4])  # border weights, pad, weighted crops, drop weights
     net = p.get_parsed_content("network_def")
     state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    net.load_state_dict(state["model"] if "model" in state else state)  # CheckpointLoader's two layouts
     net.eval()
 
     print("slice | eval-mode Dice | own-statistics Dice | gap")
