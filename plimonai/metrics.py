@@ -1,4 +1,4 @@
-"""Boundary F1 score (BF score, Csurka et al. 2013), which MONAI lacks.
+"""Boundary F1 score (BF score, Csurka et al. 2013), which MONAI lacks, and a plain Dice of two numpy masks.
 
 Tissue masks feed a 3D reconstruction, where the contour matters more than the area: Dice barely
 moves when a border is off by a few pixels along its whole length, HD95 reports one distance, the
@@ -17,7 +17,18 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction, ignore_background, is_binary_tensor
 from monai.utils import MetricReduction
 
-__all__ = ["mask_boundary", "boundary_f1", "compute_boundary_f1", "BoundaryF1Metric"]
+__all__ = ["binary_dice", "mask_boundary", "boundary_f1", "compute_boundary_f1", "BoundaryF1Metric"]
+
+
+def binary_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two masks (nonzero = tissue) of the same shape; 1.0 when both are empty.
+
+    For scripts comparing whole-slice numpy masks (MONAI's DiceMetric wants one-hot tensors)."""
+    a, b = np.asarray(pred) > 0, np.asarray(gt) > 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
 def mask_boundary(mask: np.ndarray) -> np.ndarray:

@@ -153,6 +153,8 @@ def _load_model(config_file: str | os.PathLike, ckpt_path: str, overrides: dict 
     """``network_def`` (weights from ``ckpt_path`` unless empty), ``inferer`` and area rules of a bundle config."""
     from monai.bundle import ConfigParser
 
+    from plimonai.training import load_weights
+
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["device"] = f"$torch.device('{device}')"
@@ -160,8 +162,7 @@ def _load_model(config_file: str | os.PathLike, ckpt_path: str, overrides: dict 
         parser[k] = v
     network = parser.get_parsed_content("network_def", instantiate=True).to(device)
     if ckpt_path:
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        network.load_state_dict(state["model"] if "model" in state else state)  # CheckpointLoader's two layouts
+        network.load_state_dict(load_weights(ckpt_path, map_location=device))
     inferer = parser.get_parsed_content("inferer", instantiate=True)
     return network, inferer, int(parser.get_parsed_content("min_component_area")), int(
         parser.get_parsed_content("max_hole_area"))

@@ -6,7 +6,18 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["attach", "attach_early_stopping", "freeze", "latest_checkpoint", "report_rank", "trainable_parameters"]
+__all__ = ["attach", "attach_early_stopping", "freeze", "latest_checkpoint", "load_weights", "report_rank",
+           "trainable_parameters"]
+
+
+def load_weights(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The network's state dict from ``path``: a plain state dict (``model.pt``) or a training checkpoint
+    (``{"model": ..., "optimizer": ...}``), the two layouts MONAI's ``CheckpointLoader`` reads; loaded with
+    ``weights_only=True`` onto ``map_location`` (CPU by default, so weights saved on a GPU open anywhere)."""
+    import torch
+
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    return state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> str | None:

@@ -1,6 +1,7 @@
 """Speed of the bundle's inference against the naive MONAI pipeline, in one process, same slices.
 
     .venv/bin/python scripts/bench_inference.py [--n 3] [--ckpt bundle/models/model.pt] [--out bundle/docs/bench_inference.md]
+    python scripts/bench_inference.py --device cuda --backends auto --out bundle/docs/bench_inference_gpu.md   (GPU node)
 
 naive: LoadImage -> EnsureChannelFirst -> the same normalisation -> SlidingWindowInferer(roi 1024,
        MONAI defaults: overlap 0.25, constant blending, sw_batch_size 1) under torch.no_grad ->
@@ -8,7 +9,7 @@ naive: LoadImage -> EnsureChannelFirst -> the same normalisation -> SlidingWindo
        before this process tunes the allocator).
 ours:  the documented command's workflow (inference.json through monai.bundle's ConfigWorkflow).
 Prints seconds per slice, the ratio, the network-forward share of our time, achieved GFLOP/s
-against this machine's fp32 matmul peak measured in the same run, and Dice of both vs ground truth.
+against this machine's fp32 matmul peak (GPU: bf16) measured in the same run, and Dice of both vs ground truth.
 """
 
 from __future__ import annotations
@@ -25,15 +26,22 @@ import tifffile
 import torch
 from ignite.engine import Events
 
+from plimonai.metrics import binary_dice as dice
+from plimonai.training import load_weights
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.rand(n, n), torch.rand(n, n)
+def matmul_peak_gflops(n: int = 2048, reps: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Achieved GFLOP/s of an n x n matrix product on ``device`` (the roofline the network is compared to)."""
+    a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.mm(a, b)
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
@@ -66,14 +74,11 @@ class ForwardTimer(torch.nn.Module):
     def forward(self, x):
         t = time.perf_counter()
         y = self.net(x)
+        if isinstance(y, torch.Tensor) and y.is_cuda:
+            torch.cuda.synchronize()  # GPU kernels run asynchronously: time them, not their launch
         self.seconds += time.perf_counter() - t
         self.windows += x.shape[0]
         return y
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 def make_slices(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray]]:
@@ -88,7 +93,7 @@ def make_slices(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray]
     return out
 
 
-def run_naive(slices, make_net, ckpt: str | None, out_dir: Path) -> tuple[float, list[float]]:
+def run_naive(slices, make_net, ckpt: str | None, out_dir: Path, device: str = "cpu") -> tuple[float, list[float]]:
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import EnsureChannelFirst, KeepLargestConnectedComponent, LoadImage, SaveImage
 
@@ -97,8 +102,8 @@ def run_naive(slices, make_net, ckpt: str | None, out_dir: Path) -> tuple[float,
 
     net = make_net()
     if ckpt:
-        net.load_state_dict(torch.load(ckpt, weights_only=True, map_location="cpu"))
-    net.eval()
+        net.load_state_dict(load_weights(ckpt))
+    net.eval().to(device)
     load = LoadImage(image_only=True, reader=TiffFileReader())  # MONAI's PIL reader would transpose
     ecf, norm = EnsureChannelFirst(channel_dim="no_channel"), NormalizeTransmittance()
     inferer = SlidingWindowInferer(roi_size=(1024, 1024))
@@ -108,8 +113,8 @@ def run_naive(slices, make_net, ckpt: str | None, out_dir: Path) -> tuple[float,
     for path, gt in slices:
         img = norm(ecf(load(str(path))))
         with torch.no_grad():
-            pred = inferer(img[None], net)[0].argmax(0, keepdim=True)
-        pred = keep(pred)
+            pred = inferer(img[None].to(device), net)[0].argmax(0, keepdim=True)
+        pred = keep(pred.cpu())
         save(pred.to(torch.uint8))
         dices.append(dice(pred[0].numpy(), gt))
         stamps.append(time.perf_counter())
@@ -152,6 +157,7 @@ def main() -> None:
     ap.add_argument("--backends", default="auto,eager,onnxruntime",
                     help="comma-separated network_backend values to run ('compile' adds ~40 s of compilation)")
     ap.add_argument("--out", default=str(ROOT / "bundle/docs/bench_inference.md"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: both pipelines run there (GPU: our AMP/channels_last path)")
     args = ap.parse_args()
     ckpt = args.ckpt if Path(args.ckpt).is_file() else None
 
@@ -170,20 +176,25 @@ def main() -> None:
         tmp = Path(tmp)
         slices = make_slices(tmp, args.n, args.seed)
         (tmp / "list.txt").write_text("\n".join(str(p) for p, _ in slices))
-        naive_s, naive_d, naive_steady = run_naive(slices, make_net, ckpt, tmp / "naive")  # default allocator: before tuning
+        naive_s, naive_d, naive_steady = run_naive(slices, make_net, ckpt, tmp / "naive", args.device)  # default allocator: before tuning
         for b in [x.strip() for x in args.backends.split(",") if x.strip()]:
-            s, d, timer = run_ours(slices, tmp / "list.txt", tmp / f"ours_{b}", ckpt, {"network_backend": b})
-            rows.append((b, resolve_backend(b, "cpu"), s, d, timer))
-    peak = matmul_peak_gflops()
+            over = {"network_backend": b, "device": f"$torch.device('{args.device}')"}
+            s, d, timer = run_ours(slices, tmp / "list.txt", tmp / f"ours_{b}", ckpt, over)
+            rows.append((b, resolve_backend(b, args.device), s, d, timer))
+    gpu = torch.device(args.device).type == "cuda"
+    # GPU: our path runs in bf16/fp16 autocast, so its roofline is the half-precision matmul peak
+    peak = matmul_peak_gflops(8192, 20, args.device, torch.bfloat16) if gpu else matmul_peak_gflops()
+    peak_name = "bf16 matmul peak" if gpu else "fp32 matmul peak"
+    card = f"{torch.cuda.get_device_name()}, " if gpu else ""
     flops = conv_flops(make_net().eval(), (1024, 1024))
     default = cfg["network_backend"]
     lines = [
         "# Inference benchmark (scripts/bench_inference.py)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"Machine: {card}{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; {args.n} fresh synthetic LAP slices 2080 x 2776 (seeds {args.seed}..{args.seed + args.n - 1}); "
         f"weights: {os.path.relpath(ckpt, ROOT) if ckpt else 'untrained'}; "
-        f"measured fp32 matmul peak {peak:.1f} GFLOP/s; {flops / 1e9:.1f} GFLOP per 1024 x 1024 window. "
+        f"device {args.device}; measured {peak_name} {peak:.1f} GFLOP/s; {flops / 1e9:.1f} GFLOP per 1024 x 1024 window. "
         f"Every run is end to end (load, normalise, windows, stitch, post-process, write mask + overlay + summary), "
         f"the first slice's one-off costs (ONNX export and session, ~1-2 s) included.",
         "",

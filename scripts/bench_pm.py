@@ -84,6 +84,7 @@ def run_case(args: argparse.Namespace) -> dict:
     from plimonai.networks import load_backend
     from plimonai.networks.fusion import fuse_conv_bn
     from plimonai.runtime import peak_rss_mb, setup_runtime
+    from plimonai.training import load_weights
 
     case = json.loads(args.case)
     runtime = setup_runtime(None)
@@ -93,9 +94,7 @@ def run_case(args: argparse.Namespace) -> dict:
                    "device": "$torch.device('cpu')", "ort_mem_arena": case["ort_mem_arena"]})
     net = parser.get_parsed_content("network_def")
     if case["ckpt"]:
-        state = torch.load(case["ckpt"], map_location="cpu", weights_only=True)
-        state = state["model"] if "model" in state else state  # CheckpointLoader's two layouts
-        net.load_state_dict(state)
+        net.load_state_dict(load_weights(case["ckpt"]))
     fuse_conv_bn(net.eval())
     network = load_backend(case["backend"], net, None, "cpu", parser["ort_mem_arena"]).eval()
     inferer = parser.get_parsed_content("stream_inferer")

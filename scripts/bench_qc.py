@@ -31,14 +31,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from plimonai.metrics import binary_dice as dice
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    s = int(a.sum() + b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
 
 
 def mask_errors(pred: np.ndarray, truth: np.ndarray, tol: int = 3) -> tuple[float, float]:

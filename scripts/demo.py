@@ -3,7 +3,8 @@
     .venv/bin/python scripts/demo.py [--n 3] [--out demo_out]
 
 Runs exactly the documented command (`python -m monai.bundle run inference ...`) on the
-generated slice list and prints where the masks, overlays and summary are.
+generated slice list, prints where the masks, overlays and summary are and each mask's Dice against
+the generator's ground truth.
 """
 
 from __future__ import annotations
@@ -41,7 +42,24 @@ def main() -> int:
     print("[2/2] " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
     print(f"\nmasks, overlays and summary.csv: {out / 'masks'}\nimages, ground truth and previews: {samples}")
+    report_dice(samples, out / "masks")
     return rc
+
+
+def report_dice(samples: Path, masks: Path) -> None:
+    """Dice of each written mask against the generator's ground truth (labels/NAME.tif)."""
+    import tifffile
+
+    from plimonai.metrics import binary_dice
+
+    scores = []
+    for label in sorted((samples / "labels").glob("*.tif")):
+        mask = masks / f"{label.stem}_mask.tif"
+        if mask.is_file():
+            scores.append(binary_dice(tifffile.imread(mask), tifffile.imread(label)))
+            print(f"{label.stem}: Dice vs ground truth {scores[-1]:.4f}")
+    if scores:
+        print(f"mean Dice {sum(scores) / len(scores):.4f} over {len(scores)} slices")
 
 
 if __name__ == "__main__":

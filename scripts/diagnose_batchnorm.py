@@ -16,18 +16,15 @@ import argparse
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from plimonai.metrics import binary_dice as dice
+from plimonai.training import load_weights
 from monai.bundle import ConfigParser
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 def own_statistics(net: torch.nn.Module, crops: torch.Tensor, batch: int = 4) -> torch.nn.Module:
@@ -60,8 +57,7 @@ def main() -> None:
     load = Compose(p.get_parsed_content("load_transforms"))
     crop = Compose(p.get_parsed_content("train#augmentation")[:4])  # border weights, pad, weighted crops, drop weights
     net = p.get_parsed_content("network_def")
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"] if "model" in state else state)  # CheckpointLoader's two layouts
+    net.load_state_dict(load_weights(args.ckpt))
     net.eval()
 
     print("slice | eval-mode Dice | own-statistics Dice | gap")

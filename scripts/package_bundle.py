@@ -183,7 +183,17 @@ def build(ckpt: Path | None = None, out: Path = ROOT / "dist", bundle: Path = BU
         shutil.copytree(bundle / "configs", stage / "configs",
                         ignore=lambda d, names: [n for n in names if not (n.endswith((".json", ".yaml", ".yml", ".conf")))])
         (stage / "models").mkdir(parents=True)
-        shutil.copyfile(ckpt, stage / "models" / "model.pt")
+        import torch
+
+        # a model.pt written on a GPU holds CUDA tensors, which a CPU-only torch.load(weights_only=True)
+        # without map_location cannot open: such a file is re-saved with CPU tensors, any other copied as is
+        locations: set[str] = set()
+        state = torch.load(ckpt, weights_only=True, map_location=lambda storage, loc: locations.add(loc) or storage)
+        if locations - {"cpu"}:
+            log(f"weights stored on {sorted(locations)}: released with CPU tensors")
+            torch.save(state, stage / "models" / "model.pt")
+        else:
+            shutil.copyfile(ckpt, stage / "models" / "model.pt")
         for rel in docs:
             (stage / "docs" / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle / "docs" / rel, stage / "docs" / rel)

@@ -1,11 +1,13 @@
-"""Plot loss and validation Dice curves of a training run from its TensorBoard events.
+"""Plot loss and validation Dice curves of a training run from its TensorBoard events or its log.
 
     .venv/bin/python scripts/plot_training.py runs/train_lap [--out bundle/docs/training_curves.png]
+    .venv/bin/python scripts/plot_training.py runs/gpu/train_A.log   (the StatsHandler lines of a run's output)
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import matplotlib
@@ -31,13 +33,32 @@ def scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return res
 
 
+_ITER = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/(\d+) -- train_loss: ([-+\d.eE]+)")
+_EPOCH = re.compile(r"Epoch\[(\d+)\] Metrics -- (\w+): ([-+\d.eE]+)")
+
+
+def log_scalars(log_file: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The same series from a run's text log (MONAI StatsHandler lines): train_loss per iteration
+    (step = (epoch - 1) * iterations per epoch + iteration) and epoch-level metrics."""
+    out: dict[str, dict] = {}
+    for line in Path(log_file).read_text(errors="replace").splitlines():
+        if m := _ITER.search(line):
+            e, i, n, v = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+            out.setdefault("train_loss", {})[(e - 1) * n + i] = v
+        elif m := _EPOCH.search(line):
+            out.setdefault(m[2], {})[int(m[1])] = float(m[3])
+    return {tag: (np.array(sorted(d)), np.array([d[k] for k in sorted(d)])) for tag, d in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("log_dir")
+    ap.add_argument("log_dir", help="folder with TensorBoard event files, or a text log file")
     ap.add_argument("--out", default="bundle/docs/training_curves.png")
     ap.add_argument("--smooth", type=int, default=25, help="moving-average window for the loss")
     args = ap.parse_args()
-    s = scalars(args.log_dir)
+    s = log_scalars(args.log_dir) if Path(args.log_dir).is_file() else scalars(args.log_dir)
+    if not s:
+        raise SystemExit(f"no training scalars found in {args.log_dir}")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if "train_loss" in s:
         x, y = s["train_loss"]
@@ -50,7 +71,7 @@ def main() -> None:
     for tag, color in (("val_mean_dice", "C1"), ("train_mean_dice", "C2")):
         if tag in s:
             ax2.plot(*s[tag], "o-", color=color, label=tag)
-    ax2.set(xlabel="epoch", ylabel="Dice", title="Dice (validation: whole slices, sliding window + post-processing)")
+    ax2.set(xlabel="epoch", ylabel="Dice", title="Dice (validation: whole slices + post-processing)")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

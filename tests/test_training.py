@@ -124,3 +124,50 @@ def test_diagnose_batchnorm_own_statistics():
         feats = net[0](crops)
     assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
     assert torch.equal(net[1].running_mean, before) and not adapted.training
+
+
+def test_plot_training_reads_text_log(tmp_path):
+    """scripts/plot_training.py on a run's text log: global iteration steps, epoch metrics, a resumed epoch kept once."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from plot_training import log_scalars
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "2026-11-26 03:56:17,764 - INFO - Epoch: 117/200, Iter: 1/6 -- train_loss: 0.5000 \n"
+        "2026-11-26 03:56:17,765 - INFO - Epoch: 117/200, Iter: 6/6 -- train_loss: 0.2500 \n"
+        "2026-11-26 03:56:26,693 - INFO - Epoch[117] Metrics -- val_mean_dice: 0.9775 \n"
+        "2026-11-26 03:56:26,707 - INFO - Epoch[117] Metrics -- train_mean_dice: 0.9342 \n"
+        "resumed\n"
+        "2026-11-26 03:57:17,764 - INFO - Epoch: 117/200, Iter: 6/6 -- train_loss: 0.2000 \n"
+        "2026-11-26 03:57:18,764 - INFO - Epoch: 118/200, Iter: 1/6 -- train_loss: 0.1000 \n"
+    )
+    s = log_scalars(str(log))
+    steps, loss = s["train_loss"]
+    assert steps.tolist() == [697, 702, 703] and loss.tolist() == [0.5, 0.2, 0.1]
+    assert s["val_mean_dice"][0].tolist() == [117] and s["val_mean_dice"][1][0] == 0.9775
+    assert s["train_mean_dice"][1].tolist() == [0.9342]
+
+
+def test_load_weights_reads_both_checkpoint_layouts(tmp_path):
+    """plimonai.training.load_weights: a plain state dict and a training checkpoint give the same weights."""
+    from plimonai.training import load_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+    a, b = load_weights(tmp_path / "model.pt"), load_weights(tmp_path / "ckpt.pt")
+    assert set(a) == set(b) == set(net.state_dict()) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_binary_dice():
+    from plimonai.metrics import binary_dice
+
+    a = np.zeros((4, 4), np.uint8)
+    b = a.copy()
+    assert binary_dice(a, b) == 1.0  # both empty
+    a[:2] = 1
+    b[1:3] = 1
+    assert binary_dice(a, b) == 0.5 and binary_dice(a, np.zeros_like(a)) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        binary_dice(a, b[:2])
