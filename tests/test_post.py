@@ -11,6 +11,7 @@ from skimage.segmentation import clear_border
 
 from monai.data import MetaTensor
 from plimonai.transforms.post import (
+    remove_edge_bands,
     FillSmallHoles,
     FillSmallHolesd,
     RemoveSmallComponents,
@@ -200,3 +201,62 @@ def test_component_count_without_relabelling_is_exact(keep_largest):
         n_ref, _ = component_stats(d["pred"])
         assert d["pred_components"] == n_ref, trial
         assert n_ref > (0 if keep_largest else 1)
+
+
+def _band_scene(h: int = 400, w: int = 600) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A small section, a tissue piece cut by the left border, and a cover-slip band along the bottom
+    found in three patches (gaps of a few pixels), as the network marks it."""
+    section = np.zeros((h, w), bool)
+    section[60:120, 250:330] = True  # a rodent-sized section
+    section[150:300, 0:90] = True  # a piece cut by the left image border (deeper than 15 % of w? no: 90 / 600)
+    band = np.zeros((h, w), bool)
+    band[372:395, 0:190] = True
+    band[370:400, 196:420] = True
+    band[380:400, 425:600] = True
+    band[350:375, 560:590] = True  # a compact patch of the band, 5 px from the others: removed with them
+    return section, band, section | band
+
+
+def test_edge_band_removed_pieces_kept():
+    section, band, mask = _band_scene()
+    out, n = remove_edge_bands(mask)
+    assert n == 4 and not (out & band).any()
+    assert np.array_equal(out, section)  # the small section and the border-cut piece stay
+
+
+def test_edge_band_rules_keep_tissue():
+    section, band, mask = _band_scene()
+    # a band spanning less than min_coverage (60 %) of the side stays
+    short = section.copy()
+    short[370:400, 100:400] = True  # 50 % of the width
+    assert remove_edge_bands(short)[1] == 0
+    # a piece deeper than max_depth (15 %) stays, even when it spans the whole side
+    deep = section.copy()
+    deep[320:400, :] = True  # 20 % of the height
+    assert remove_edge_bands(deep)[1] == 0
+    # a wide piece that is not elongated (along < 3 x across) stays
+    blob = np.zeros((400, 600), bool)
+    blob[345:400, 0:150] = True
+    assert remove_edge_bands(blob, min_coverage=0.2)[1] == 0
+    # disabled
+    assert remove_edge_bands(mask, max_depth=0)[1] == 0
+
+
+def test_edge_band_next_to_unscanned_border():
+    """The sides are those of the scanned area: a band ending at a zero (unscanned) margin is found."""
+    section, band, _ = _band_scene()
+    mask = np.zeros((440, 640), bool)
+    valid = np.zeros_like(mask)
+    valid[:400, 40:] = True  # 40 unscanned rows at the bottom, 40 columns at the left
+    mask[:400, 40:] = section | band
+    out, n = remove_edge_bands(mask, valid)
+    assert n == 4 and np.array_equal(out[:400, 40:], section)
+    assert remove_edge_bands(mask)[1] == 0  # measured from the image border, the band is not at a side
+
+
+def test_policy_edge_band_depth():
+    section, band, mask = _band_scene()
+    post = TissueMaskPostprocess(min_component_area=10, max_hole_area=0, edge_band_depth=0.15)
+    out, n = post.with_count(mask.astype(np.uint8))
+    assert np.array_equal(out > 0, section) and n == 2
+    assert TissueMaskPostprocess(min_component_area=10, max_hole_area=0).with_count(mask.astype(np.uint8))[1] == 6

@@ -170,6 +170,18 @@ def test_confidence_from_logits():
         slice_confidence(_logits(big), band_px=24, max_side=0)["confidence"], abs=0.05)
 
 
+def test_confidence_leaves_out_removed_edge_bands():
+    """A vague band along the bottom side, which the side-band rule removes from the mask, does not count."""
+    yy, xx = np.mgrid[:300, :400]
+    d = 2.0 * (40 - np.hypot(yy - 100, xx - 200))  # a crisp section
+    band = yy >= 280  # a band beyond a cover-slip edge: tissue logit, but vague
+    d = np.where(band, 0.5 + 0.4 * np.sin(xx / 3.0), d)
+    with_band = slice_confidence(_logits(d))["confidence"]
+    without = slice_confidence(_logits(d), edge_band_depth=0.15)["confidence"]
+    assert with_band < 0.6 < 0.8 < without
+    assert without == pytest.approx(slice_confidence(_logits(np.where(band, -10.0, d)))["confidence"], abs=0.05)
+
+
 def test_confidence_transform_and_tta_agreement():
     from plimonai.inferers import PLISlidingWindowInferer
 

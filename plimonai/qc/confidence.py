@@ -59,7 +59,7 @@ def border_band(mask: torch.Tensor, band_px: int) -> torch.Tensor:
 
 
 def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: Any = None,
-                     max_side: int = 1536) -> dict[str, float]:
+                     max_side: int = 1536, edge_band_depth: float = 0.0) -> dict[str, float]:
     """Confidence figures of one slice's logits.
 
     Args:
@@ -69,6 +69,9 @@ def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: 
         valid: optional (H, W) / (1, H, W) mask of scanned pixels (others are ignored).
         max_side: slices with a longer side are evaluated on every ``ceil(side / max_side)``-th pixel
             (the band scaled to match): the share is a statistic, full resolution adds nothing.
+        edge_band_depth: the post-processing's side-band rule (:func:`~plimonai.transforms.post.remove_edge_bands`):
+            the bands it removes, and 2 % of the side around them, are left out (0: none), so a cover-slip band
+            the mask does not keep does not lower the confidence.
 
     Returns:
         ``{"confidence": 1 - share, "uncertain_share": share, "uncertain_px": uncertain pixels (full-res estimate)}``.
@@ -79,6 +82,7 @@ def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: 
         d = d[::step, ::step]
     uncertain = d.abs() < margin
     band = border_band(d > 0, max(1, round(band_px / step)))
+    v = None
     if valid is not None:
         v = valid if isinstance(valid, torch.Tensor) else torch.as_tensor(np.asarray(valid))
         v = v.reshape(v.shape[-2:])
@@ -87,6 +91,16 @@ def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: 
         v = v.to(device=d.device) > 0
         uncertain &= v
         band &= v
+    if edge_band_depth > 0:
+        from plimonai.transforms.post import remove_edge_bands
+
+        raw = ((d > 0) & v if v is not None else d > 0).cpu().numpy()
+        kept, removed = remove_edge_bands(raw, None if v is None else v.cpu().numpy(), edge_band_depth)
+        if removed:
+            gone = torch.from_numpy(raw & ~kept).to(d.device).float()[None, None]
+            skip = _max_filter(gone, max(1, round(0.02 * max(d.shape))))[0, 0] > 0
+            uncertain &= ~skip
+            band &= ~skip
     n_unc = int(uncertain.sum())
     denom = int((band | uncertain).sum())
     share = n_unc / denom if denom else 0.0
@@ -116,9 +130,11 @@ class SliceConfidenced(MapTransform):
         image_key: str | None = "image",
         glass_key: str = "glass_level",
         allow_missing_keys: bool = False,
+        edge_band_depth: float = 0.0,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.inferer, self.band_px, self.margin = inferer, int(band_px), float(margin)
+        self.edge_band_depth = float(edge_band_depth)
         self.valid_key, self.confidence_key, self.tta_key = valid_key, confidence_key, tta_key
         self.image_key, self.glass_key = image_key, glass_key
 
@@ -126,7 +142,7 @@ class SliceConfidenced(MapTransform):
         d = dict(data)
         valid = d.get(self.valid_key) if self.valid_key else None
         for key in self.key_iterator(d):
-            res = slice_confidence(d[key], self.band_px, self.margin, valid)
+            res = slice_confidence(d[key], self.band_px, self.margin, valid, edge_band_depth=self.edge_band_depth)
             d[self.confidence_key] = res["confidence"]
         tta = getattr(self.inferer, "last_tta_dice", None)
         if tta is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "component_stats",
     "remove_small_components",
     "fill_small_holes",
+    "remove_edge_bands",
     "RemoveSmallComponents",
     "FillSmallHoles",
     "TissueMaskPostprocess",
@@ -159,6 +160,65 @@ def fill_small_holes(mask: np.ndarray, max_area: int, connectivity: int = 1) -> 
     return mask | fill[labels]
 
 
+def _scanned_box(valid: np.ndarray | None, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows y0:y1 and columns x0:x1 holding scanned pixels (the whole image without ``valid``)."""
+    if valid is None or not valid.any():
+        return 0, shape[0], 0, shape[1]
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def remove_edge_bands(
+    mask: np.ndarray, valid: np.ndarray | None = None, max_depth: float = 0.15, min_coverage: float = 0.6,
+    min_elongation: float = 3.0, gap: float = 0.02, connectivity: int = 2,
+) -> tuple[np.ndarray, int]:
+    """Remove bands along a side of the scanned area: the region beyond a cover-slip or slide edge.
+
+    Such a band is uniform and darker than glass, so the network can call it tissue, often in patches
+    along the edge line; it then outweighs a small (rodent) section. A side's candidates are components
+    lying (>= 95 % of their pixels) within ``max_depth`` x the scanned height / width of that side and at
+    least ``min_elongation`` times longer along the side than deep. When together they span at least
+    ``min_coverage`` of the side's length they are removed, with the other components of the strip that lie
+    within ``gap`` x the side's length of them (the band's smaller patches). A tissue piece cut by the
+    image border is deeper than it is long, or spans less of the side, so it stays. Returns the mask and
+    the number of components removed; ``max_depth`` 0 disables.
+
+    Input: (H, W) bool mask; ``valid`` (H, W) scanned pixels (the sides are those of their bounding box).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if max_depth <= 0 or not mask.any():
+        return mask, 0
+    lab, n = ndimage.label(mask, structure=_structure(connectivity))
+    total = np.bincount(lab.ravel(), minlength=n + 1)
+    boxes = ndimage.find_objects(lab)
+    ext_y = np.array([0] + [b[0].stop - b[0].start for b in boxes])
+    ext_x = np.array([0] + [b[1].stop - b[1].start for b in boxes])
+    y0, y1, x0, x1 = _scanned_box(valid, mask.shape)
+    h, w = y1 - y0, x1 - x0
+    dh, dw = max(1, int(max_depth * h)), max(1, int(max_depth * w))
+    drop = np.zeros(n + 1, dtype=bool)
+    # (strip along the side with the side along axis 1, side length, component extents along / across the side)
+    sides = [
+        (lab[y0:y0 + dh, x0:x1], w, ext_x, ext_y),
+        (lab[y1 - dh:y1, x0:x1], w, ext_x, ext_y),
+        (lab[y0:y1, x0:x0 + dw].T, h, ext_y, ext_x),
+        (lab[y0:y1, x1 - dw:x1].T, h, ext_y, ext_x),
+    ]
+    for strip, length, along, across in sides:
+        inside = np.bincount(strip.ravel(), minlength=n + 1) >= 0.95 * total
+        inside[0] = False
+        cand = inside & (along >= min_elongation * across)
+        if not cand.any() or cand[strip].any(axis=0).mean() < min_coverage:
+            continue
+        drop |= cand
+        size = 2 * max(1, int(gap * length)) + 1
+        near = np.unique(strip[ndimage.maximum_filter(cand[strip].astype(np.uint8), size=size).astype(bool)])
+        drop[near] |= inside[near]
+    if not drop.any():
+        return mask, 0
+    return mask & ~drop[lab], int(drop.sum())
+
+
 class RemoveSmallComponents(Transform):
     """Remove tissue components (dust, specks) with fewer than ``min_area`` pixels.
 
@@ -216,11 +276,13 @@ class TissueMaskPostprocess(Transform):
     1. pixels where ``valid_mask`` is 0 (unscanned / NaN) become background;
     2. tissue components smaller than ``min_component_area`` pixels, or smaller than
        ``min_component_fraction`` x the largest component, are removed (all other pieces are kept);
-    3. optionally (``keep_largest=True``) only the largest component is kept, via MONAI's
+    3. with ``edge_band_depth`` > 0, bands along a side of the scanned area (beyond a cover-slip or slide
+       edge) are removed (:func:`remove_edge_bands`);
+    4. optionally (``keep_largest=True``) only the largest component is kept, via MONAI's
        ``KeepLargestConnectedComponent``;
-    4. holes smaller than ``max_hole_area`` pixels are filled (border-touching background and larger
+    5. holes smaller than ``max_hole_area`` pixels are filled (border-touching background and larger
        holes such as ventricles are kept);
-    5. invalid pixels are forced to background again, so hole filling never claims unscanned area.
+    6. invalid pixels are forced to background again, so hole filling never claims unscanned area.
 
     Input: (H, W) or (1, H, W) binary mask (bool/uint8/int/float, numpy/torch/MetaTensor);
     ``valid_mask`` of the same spatial size, non-zero = valid.
@@ -236,6 +298,7 @@ class TissueMaskPostprocess(Transform):
         min_component_fraction: float = 0.0,
         keep_largest: bool = False,
         connectivity: int = 2,
+        edge_band_depth: float = 0.0,
     ) -> None:
         """
         Args:
@@ -244,8 +307,11 @@ class TissueMaskPostprocess(Transform):
             min_component_fraction: also remove components smaller than this fraction of the largest.
             keep_largest: keep only the largest component (MONAI ``KeepLargestConnectedComponent``).
             connectivity: tissue connectivity (1 or 2); holes use the dual one (3 - connectivity).
+            edge_band_depth: remove side bands up to this fraction of the scanned height / width deep
+                (:func:`remove_edge_bands`; 0 disables).
         """
         check_area_rules(min_component_fraction, connectivity)
+        self.edge_band_depth = float(edge_band_depth)
         self.min_component_area = int(min_component_area)
         self.max_hole_area = int(max_hole_area)
         self.min_component_fraction = float(min_component_fraction)
@@ -267,6 +333,9 @@ class TissueMaskPostprocess(Transform):
                 raise ValueError(f"valid_mask shape {valid.shape} does not match mask shape {mask.shape}.")
             mask = mask & valid
         mask, n = _remove_small(mask, self.min_component_area, self.min_component_fraction, self.connectivity)
+        if self.edge_band_depth > 0:
+            mask, removed = remove_edge_bands(mask, valid, self.edge_band_depth, connectivity=self.connectivity)
+            n -= removed
         if self.keep_largest:
             mask = self._largest(mask[None].astype(np.uint8))[0] > 0
             n = min(n, 1)
@@ -332,10 +401,11 @@ class TissueMaskPostprocessd(MapTransform):
         connectivity: int = 2,
         valid_key: str | None = None,
         allow_missing_keys: bool = False,
+        edge_band_depth: float = 0.0,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = TissueMaskPostprocess(
-            min_component_area, max_hole_area, min_component_fraction, keep_largest, connectivity
+            min_component_area, max_hole_area, min_component_fraction, keep_largest, connectivity, edge_band_depth
         )
         self.valid_key = valid_key
 
