@@ -180,6 +180,10 @@ def test_confidence_leaves_out_removed_edge_bands():
     without = slice_confidence(_logits(d), edge_band_depth=0.15)["confidence"]
     assert with_band < 0.6 < 0.8 < without
     assert without == pytest.approx(slice_confidence(_logits(np.where(band, -10.0, d)))["confidence"], abs=0.05)
+    # a band just below the tissue threshold (uncertain, not tissue) is left out too
+    weak = np.where(band, -0.5 + 0.4 * np.sin(xx / 3.0), d)
+    assert slice_confidence(_logits(weak))["confidence"] < 0.6 < 0.8 < slice_confidence(
+        _logits(weak), edge_band_depth=0.15)["confidence"]
 
 
 def test_confidence_transform_and_tta_agreement():

@@ -70,8 +70,9 @@ def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: 
         max_side: slices with a longer side are evaluated on every ``ceil(side / max_side)``-th pixel
             (the band scaled to match): the share is a statistic, full resolution adds nothing.
         edge_band_depth: the post-processing's side-band rule (:func:`~plimonai.transforms.post.remove_edge_bands`):
-            the bands it removes, and 2 % of the side around them, are left out (0: none), so a cover-slip band
-            the mask does not keep does not lower the confidence.
+            bands of tissue or uncertain pixels (margin above ``-margin``) it would remove, and 2 % of the side
+            around them, are left out (0: none), so a cover-slip band that the mask does not keep, or that stays
+            just below the tissue threshold, does not lower the confidence.
 
     Returns:
         ``{"confidence": 1 - share, "uncertain_share": share, "uncertain_px": uncertain pixels (full-res estimate)}``.
@@ -94,7 +95,9 @@ def slice_confidence(logits: Any, band_px: int = 8, margin: float = 2.2, valid: 
     if edge_band_depth > 0:
         from plimonai.transforms.post import remove_edge_bands
 
-        raw = ((d > 0) & v if v is not None else d > 0).cpu().numpy()
+        # tissue or uncertain: a band beyond a cover-slip edge may stay just below the tissue threshold
+        near = d > -margin
+        raw = (near & v if v is not None else near).cpu().numpy()
         kept, removed = remove_edge_bands(raw, None if v is None else v.cpu().numpy(), edge_band_depth)
         if removed:
             gone = torch.from_numpy(raw & ~kept).to(d.device).float()[None, None]
