@@ -49,6 +49,7 @@ wait
 # weights back: best-validation model and the newest checkpoint's model of each run; A's full checkpoint
 $PY - "$OUT" <<'EOF'
 import glob, os, shutil, sys, torch
+from plimonai.training import load_weights
 out = sys.argv[1]
 for name in "AB":
     d = f"runs/gpu_{name}"
@@ -56,7 +57,7 @@ for name in "AB":
         shutil.copy(f"{d}/model.pt", f"{out}/{name}_best.pt")
     ck = sorted(glob.glob(f"{d}/ckpt/*.pt"), key=os.path.getmtime)
     if ck:
-        torch.save(torch.load(ck[-1], map_location="cpu", weights_only=False)["model"], f"{out}/{name}_last.pt")
+        torch.save(load_weights(ck[-1]), f"{out}/{name}_last.pt")
         print(name, "newest checkpoint", ck[-1])
         if name == "A":
             shutil.copy(ck[-1], f"{out}/A_ckpt.pt")

@@ -87,13 +87,16 @@ def linked_docs(docs: Path, start: str = "README.md") -> tuple[list[str], list[s
     return found, missing
 
 
-def check_weights(ckpt: Path, inference_config: Path) -> None:
-    """The checkpoint is a plain state dict that loads (weights_only) into the config's ``network_def``."""
+def check_weights(ckpt: Path, inference_config: Path) -> tuple[dict, set[str]]:
+    """The checkpoint is a plain state dict that loads (weights_only) into the config's ``network_def``.
+
+    Returns the state dict (CPU tensors) and the devices its tensors were stored on (``"cpu"``, ``"cuda:0"``, ...)."""
     import torch
     from monai.bundle import ConfigParser
 
+    locations: set[str] = set()
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=lambda storage, loc: locations.add(loc) or storage)
     except Exception as e:
         raise PackagingError(f"{ckpt}: not a loadable weights file ({type(e).__name__}: {e})") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -107,6 +110,7 @@ def check_weights(ckpt: Path, inference_config: Path) -> None:
     except Exception as e:
         raise PackagingError(f"{ckpt}: does not fit network_def of {inference_config.name} "
                              f"(train with the same network_def, or edit it): {e}") from e
+    return state, locations
 
 
 def export_models(stage: Path, onnx: bool) -> None:
@@ -168,7 +172,7 @@ def build(ckpt: Path | None = None, out: Path = ROOT / "dist", bundle: Path = BU
                      bundle / "configs" / "inference.json"):
         if not required.is_file():
             raise PackagingError(f"required file missing: {required}")
-    check_weights(ckpt, bundle / "configs" / "inference.json")
+    state, locations = check_weights(ckpt, bundle / "configs" / "inference.json")
 
     docs, missing = linked_docs(bundle / "docs")
     if "data_license.txt" not in docs:
@@ -183,13 +187,11 @@ def build(ckpt: Path | None = None, out: Path = ROOT / "dist", bundle: Path = BU
         shutil.copytree(bundle / "configs", stage / "configs",
                         ignore=lambda d, names: [n for n in names if not (n.endswith((".json", ".yaml", ".yml", ".conf")))])
         (stage / "models").mkdir(parents=True)
-        import torch
-
         # a model.pt written on a GPU holds CUDA tensors, which a CPU-only torch.load(weights_only=True)
         # without map_location cannot open: such a file is re-saved with CPU tensors, any other copied as is
-        locations: set[str] = set()
-        state = torch.load(ckpt, weights_only=True, map_location=lambda storage, loc: locations.add(loc) or storage)
         if locations - {"cpu"}:
+            import torch
+
             log(f"weights stored on {sorted(locations)}: released with CPU tensors")
             torch.save(state, stage / "models" / "model.pt")
         else:
