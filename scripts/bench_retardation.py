@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--batch_size", type=int, default=4, help="crops per iteration (num_samples crops per slice)")
     p.add_argument("--seed", type=int, default=0, help="training seed (set_determinism and the data loader), the same for both")
+    p.add_argument("--num_workers", type=int, default=0, help="training data-loader workers (seeded either way; e.g. 4 on a GPU node)")
     p.add_argument("--placeholder", action="store_true", help="only write the report with the results marked 'not yet run'")
     a = p.parse_args(argv)
     base = QUICK if a.quick else FULL
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     train_dir, t_train_data = dataset(a.work_dir / "train", a.n_train, TRAIN_SEED, 1, a.shape)
     test_dir, t_test_data = dataset(a.work_dir / "test", a.n_test, TEST_SEED, 0, a.shape)
     common = {"network_def#channels": a.channel_list, "num_workers": 0, "num_threads": 0}
-    train_over = dict(common, dataset_dir=str(train_dir), epochs=a.epochs, val_interval=a.epochs, save_interval=10**9,
+    train_over = dict(common, num_workers=a.num_workers, dataset_dir=str(train_dir), epochs=a.epochs, val_interval=a.epochs, save_interval=10**9,
                       patch_size=[a.patch, a.patch], val_roi_size=[a.roi, a.roi], num_samples=a.num_samples,
                       batch_size=a.batch_size, learning_rate=a.learning_rate, resume=False,
                       min_component_area=a.min_component_area, max_hole_area=a.max_hole_area)

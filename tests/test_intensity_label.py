@@ -90,3 +90,55 @@ def test_flat_field_falls_back_when_no_glass_shows():
     assert estimate_illumination(t, np.zeros_like(t, bool)) is None  # nothing valid
     out = NormalizeTransmittance(flat_field_degree=3)(torch.full((1, 64, 64), 0.5))
     assert torch.allclose(out, torch.zeros_like(out), atol=1e-6)
+
+
+def _dark_corner_slice(h: int = 520, w: int = 700, seed: int = 0):
+    """Glass 0.9 with a smooth dark lower-left corner (-20 %, not a polynomial), a tissue disk (attenuation 0.2)
+    in it and an unscanned (0) band on the left: (transmittance, tissue mask, disk centre)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    illum = 1.0 - 0.2 * np.exp(-((yy - h) ** 2 + (xx - 40) ** 2) / (2 * (0.3 * h) ** 2))
+    t = 0.9 * illum * (1 + 0.003 * np.random.default_rng(seed).standard_normal((h, w)))
+    cy, cx = 0.7 * h, 0.25 * w
+    tissue = (yy - cy) ** 2 + (xx - cx) ** 2 < 40**2
+    t = np.where(tissue, t * 0.8, t).astype(np.float32)
+    t[:, :40] = 0
+    return t, tissue, (yy - cy) ** 2 + (xx - cx) ** 2
+
+
+def test_local_correction_follows_a_dark_corner_the_polynomial_rejects():
+    t, tissue, d2 = _dark_corner_slice()
+    glass = ~tissue & (t > 0)
+    ring = glass & (d2 < 90**2)  # the glass around the section, deep in the dark corner
+    poly = NormalizeTransmittance(flat_field_local_step=None)(torch.as_tensor(t)[None])[0].numpy()
+    local = NormalizeTransmittance()(torch.as_tensor(t)[None])[0].numpy()
+    assert np.percentile(np.abs(poly[glass]), 95) > 0.08  # the robust polynomial rejects the corner as tissue
+    assert np.median(poly[ring]) > 0.04
+    assert np.percentile(np.abs(local[glass]), 95) < 0.02
+    assert abs(np.median(local[ring])) < 0.015
+    assert abs(np.median(local[tissue]) - 0.2) < 0.02  # the section's attenuation is right again
+
+
+def test_local_correction_keeps_pale_tissue():
+    # a large pale piece (attenuation 0.05) beside the dark corner: the correction must not creep into it
+    t, disk, _ = _dark_corner_slice()
+    h, w = t.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    pale = (np.abs(yy - 0.6 * h) < 0.2 * h) & (np.abs(xx - 0.65 * w) < 0.2 * w)
+    t = torch.as_tensor(np.where(pale, t * 0.95, t).astype(np.float32))[None]
+    poly = NormalizeTransmittance(flat_field_local_step=None)(t)[0].numpy()
+    local = NormalizeTransmittance()(t)[0].numpy()
+    assert abs(np.median(local[pale]) - 0.05) < 0.005 and np.percentile(local[pale], 5) > 0.04
+    assert np.abs(np.median(local[pale]) - np.median(poly[pale])) < 0.005
+    assert abs(np.median(local[disk]) - 0.2) < 0.02 < abs(np.median(poly[disk]) - 0.2)
+
+
+def test_corrected_field_is_exact_band_by_band():
+    from plimonai.transforms.intensity import fit_illumination
+
+    t, _, _ = _dark_corner_slice()
+    fit = fit_illumination(t, t > 0)
+    assert fit is not None and fit.corr is not None  # the correction is in play
+    h, w = t.shape
+    whole = fit.evaluate(np.arange(h) + 0.5, np.arange(w) + 0.5)
+    band = fit.evaluate(np.arange(137, 301) + 0.5, np.arange(55, 612) + 0.5)
+    assert np.array_equal(band, whole[137:301, 55:612])

@@ -13,6 +13,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
@@ -62,15 +63,18 @@ def _poly_basis(n: int, degree: int) -> np.ndarray:
 
 
 class IlluminationField:
-    """A fitted flat field (:func:`fit_illumination`): a 2D polynomial over the fitted image's block grid.
+    """A fitted flat field (:func:`fit_illumination`): a 2D polynomial over the fitted image's block grid,
+    optionally times a smooth local correction on that grid (``corr``, (hb, wb), bilinear between block centres).
 
     ``evaluate(y_centres, x_centres)`` gives the field (len(y), len(x)) float32 at pixel centres given in
     the fitted image's pixel units (pixel ``i`` of that image has centre ``i + 0.5``), so the same fit serves
     the image it was fitted on (``arange(h) + 0.5``) and a finer grid ``s`` times larger (``(arange(H) + 0.5) / s``).
     """
 
-    def __init__(self, coef: np.ndarray, block: int, grid: tuple[int, int], median: float) -> None:
+    def __init__(self, coef: np.ndarray, block: int, grid: tuple[int, int], median: float,
+                 corr: np.ndarray | None = None) -> None:
         self.coef, self.block, self.grid, self.median = coef, int(block), grid, float(median)
+        self.corr = None if corr is None else np.asarray(corr, np.float32)
 
     def evaluate(self, y_centres: np.ndarray, x_centres: np.ndarray) -> np.ndarray:
         (hb, wb), b, d = self.grid, self.block, self.coef.shape[0] - 1
@@ -84,7 +88,62 @@ class IlluminationField:
         field = a[:, :1] * pxf[0]
         for j in range(1, d + 1):
             field += a[:, j : j + 1] * pxf[j]
+        if self.corr is not None:  # bilinear between block centres, element-wise (bands = whole field)
+            (y0, y1, wy), (x0, x1, wx) = (_grid_weights(np.asarray(c, np.float64) / b - 0.5, n)
+                                          for c, n in ((y_centres, hb), (x_centres, wb)))
+            rows = self.corr[y0] * (1 - wy)[:, None] + self.corr[y1] * wy[:, None]
+            field *= rows[:, x0] * (1 - wx) + rows[:, x1] * wx
         return np.clip(field, 0.5 * self.median, 1.5 * self.median)
+
+
+def _grid_weights(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear indices and float32 weights of positions ``c`` (in grid units) on a grid of ``n`` nodes, clamped."""
+    c = np.clip(c, 0.0, n - 1.0)
+    i0 = np.floor(c).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n - 1), (c - i0).astype(np.float32)
+
+
+def _grow(q: np.ndarray, seed: np.ndarray, step: float) -> np.ndarray:
+    """Blocks reachable from ``seed`` through 4-neighbours whose values ``q`` differ by at most ``step``."""
+    g, fin = seed.copy(), np.isfinite(q)
+    qq = np.where(fin, q, np.inf)
+    while True:
+        new = np.zeros_like(g)
+        for axis in (0, 1):
+            for shift in (1, -1):
+                gs, qs = np.roll(g, shift, axis), np.roll(qq, shift, axis)
+                edge = [slice(None)] * 2
+                edge[axis] = 0 if shift == 1 else -1
+                gs[tuple(edge)] = False  # no wrap-around
+                with np.errstate(invalid="ignore"):
+                    new |= gs & fin & ~g & (np.abs(qq - qs) <= step)
+        if not new.any():
+            return g
+        g |= new
+
+
+def local_correction(q: np.ndarray, keep: np.ndarray, step: float = 0.015, sigma: float = 2.0,
+                     noise: float = 0.0) -> np.ndarray | None:
+    """Smooth multiplicative correction (hb, wb) of a global glass fit from the block envelopes ``q`` (block value
+    / fitted field, NaN where unusable) and the blocks the fit kept as glass.
+
+    A robust global fit rejects strongly vignetted glass (a dark corner) as if it were tissue. Glass changes
+    smoothly from block to block, a tissue border jumps: the glass set grows from ``keep`` into neighbours
+    within ``step`` of each other, and the correction is the grown set's ``q``, gaussian-smoothed
+    (``sigma`` blocks) by normalised convolution, fading to 1 away from it. None when nothing was added, or
+    when ``step`` is within the fit's own scatter (``3 * noise``, robust sigma of the kept ``q``): a loose fit has
+    kept pale tissue among its glass, and growing from it would creep into the section.
+    """
+    if 3.0 * noise >= step:
+        return None
+    grown = _grow(q, keep, step)
+    if not (grown & ~keep).any():
+        return None
+    w = grown.astype(np.float64)
+    num = ndimage.gaussian_filter(np.where(grown, q, 0.0), sigma, mode="nearest")
+    den = ndimage.gaussian_filter(w, sigma, mode="nearest")
+    eps = 0.05  # weight of the prior 1 (no correction) where the grown glass is far
+    return np.clip((num + eps) / (den + eps), 0.5, 1.05).astype(np.float32)
 
 
 def fit_illumination(
@@ -96,9 +155,11 @@ def fit_illumination(
     iters: int = 6,
     min_glass_blocks: float = 0.1,
     bin_px: int = 4,
+    local_step: float | None = 0.015,
 ) -> IlluminationField | None:
     """The fit of :func:`estimate_illumination` without evaluating it at every pixel (streamed slices
-    evaluate it band by band); None when too little glass shows."""
+    evaluate it band by band); None when too little glass shows. ``local_step``: see :func:`local_correction`
+    (None: the polynomial alone)."""
     h, w = trans.shape
     k = bin_px
     b = max(2 * k, min(h, w) // n_blocks // k * k)
@@ -130,7 +191,12 @@ def fit_illumination(
     c = np.zeros((degree + 1, degree + 1))
     for (i, j), v in zip(pairs, coef):
         c[i, j] = v
-    return IlluminationField(c, b, (hb, wb), float(np.median(vv[keep])))
+    corr = None
+    if local_step is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = (vv / (a @ coef)).reshape(hb, wb)
+        corr = local_correction(q, keep.reshape(hb, wb), local_step, noise=sigma / float(np.median(vv[keep])))
+    return IlluminationField(c, b, (hb, wb), float(np.median(vv[keep])), corr)
 
 
 def estimate_illumination(
@@ -142,6 +208,7 @@ def estimate_illumination(
     iters: int = 6,
     min_glass_blocks: float = 0.1,
     bin_px: int = 4,
+    local_step: float | None = 0.015,
 ) -> np.ndarray | None:
     """Smooth glass-transmittance field ``B (H, W)`` (flat field), or None when too little glass shows.
 
@@ -151,7 +218,7 @@ def estimate_illumination(
     slide edges), so vignetting and illumination gradients divide out and pale grey matter is
     compared with the glass next to it rather than with the brightest glass of the slide.
     """
-    fit = fit_illumination(trans, valid, degree, n_blocks, percentile, iters, min_glass_blocks, bin_px)
+    fit = fit_illumination(trans, valid, degree, n_blocks, percentile, iters, min_glass_blocks, bin_px, local_step)
     if fit is None:
         return None
     h, w = trans.shape  # evaluate at every pixel: block centres map to the same [-1, 1] coordinates
@@ -170,6 +237,7 @@ class NormalizeTransmittance(Transform):
         flat_field_degree: divide by a fitted illumination field of this polynomial degree
             (:func:`estimate_illumination`) instead of one glass level; ``None`` for one level. Falls
             back to one level when too little glass shows.
+        flat_field_local_step: the field's local correction (:func:`local_correction`); None: polynomial only.
 
     Input ``(C, H, W)`` any real dtype; output ``(C, H, W)`` float32 (MetaTensor meta kept, with
     ``glass_level`` added). ``__call__(img, return_valid=True)`` also returns the (1, H, W) uint8 valid mask.
@@ -183,8 +251,10 @@ class NormalizeTransmittance(Transform):
         clip: Sequence[float] = (-0.5, 1.0),
         channel: int = 0,
         flat_field_degree: int | None = 3,
+        flat_field_local_step: float | None = 0.015,
     ) -> None:
         self.flat_field_degree = flat_field_degree
+        self.flat_field_local_step = flat_field_local_step
         self.glass_percentile = glass_percentile
         self.invalid_value = invalid_value
         self.clip = (float(clip[0]), float(clip[1]))
@@ -198,7 +268,8 @@ class NormalizeTransmittance(Transform):
         glass = estimate_glass_level(t, valid, self.glass_percentile)
         field = None
         if np.isfinite(glass) and glass > 0 and self.flat_field_degree is not None:
-            field = fit_illumination(t.numpy(), valid.numpy(), degree=self.flat_field_degree)
+            field = fit_illumination(t.numpy(), valid.numpy(), degree=self.flat_field_degree,
+                                     local_step=self.flat_field_local_step)
         return RegionNormalizer(glass, field, scale, self.clip, self.invalid_value)
 
     def __call__(self, img, return_valid: bool = False):
@@ -212,7 +283,8 @@ class NormalizeTransmittance(Transform):
         if np.isfinite(glass) and glass > 0:
             field = None
             if self.flat_field_degree is not None:
-                field = estimate_illumination(trans.numpy(), valid.numpy(), degree=self.flat_field_degree)
+                field = estimate_illumination(trans.numpy(), valid.numpy(), degree=self.flat_field_degree,
+                                              local_step=self.flat_field_local_step)
             ref = torch.from_numpy(field) if field is not None else glass
             out[self.channel] = (1.0 - trans / ref).clamp_(*self.clip)
             for c in range(x.shape[0]):
@@ -289,11 +361,13 @@ class NormalizeTransmittanced(MapTransform):
         clip: Sequence[float] = (-0.5, 1.0),
         channel: int = 0,
         flat_field_degree: int | None = 3,
+        flat_field_local_step: float | None = 0.015,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.valid_key = valid_key
-        self.normalizer = NormalizeTransmittance(glass_percentile, invalid_value, clip, channel, flat_field_degree)
+        self.normalizer = NormalizeTransmittance(glass_percentile, invalid_value, clip, channel, flat_field_degree,
+                                                 flat_field_local_step)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
