@@ -1,6 +1,6 @@
 """Seconds per training iteration (and per 1024 x 1024 inference forward) under each allocator setting.
 
-    .venv/bin/python scripts/bench_training.py [--steps 6] [--out bundle/docs/bench_training.md]
+    .venv/bin/python scripts/bench_training.py [--steps 12] [--out bundle/docs/bench_training.md]
 
 Every variant runs in its own process (allocator settings are per process), on the same seeded
 batch: the shipped training step (PLIUNet 8..128 from inference.json, 4 x 512 x 512 crops of a
@@ -111,7 +111,7 @@ def variants() -> list[tuple[str, dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--forwards", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bundle/docs/bench_training.md"))
