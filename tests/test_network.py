@@ -49,3 +49,28 @@ def test_gradient_reaches_every_parameter():
 def test_rejects_single_level():
     with pytest.raises(ValueError):
         PLIUNet(channels=(8,))
+
+
+def test_split_decoders_same_outputs():
+    # the ONNX export's decoder form (no concat) must compute what the trained network computes, BN statistics included
+    import copy
+
+    from plimonai.networks.fusion import SplitDecoder, fuse_conv_bn, split_decoders
+
+    torch.manual_seed(0)
+    net = PLIUNet(1, 2, channels=(4, 8, 16))
+    for m in net.modules():  # non-trivial running statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    net.eval()
+    x = torch.rand(2, 1, 48, 72)
+    with torch.no_grad():
+        ref = net(x)
+        for prepare in (lambda n: n, fuse_conv_bn):  # with or without conv + BN folding first
+            split = split_decoders(prepare(copy.deepcopy(net)))
+            assert sum(isinstance(m, SplitDecoder) for m in split.modules()) == 2
+            assert not any(type(m).__name__ == "DecoderBlock" for m in split.modules())
+            torch.testing.assert_close(split(x), ref, atol=1e-5, rtol=1e-4)

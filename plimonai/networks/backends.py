@@ -26,6 +26,7 @@ For every backend but ``"torchscript"`` the weights come from ``ckpt_path`` thro
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import logging
@@ -35,6 +36,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fusion import split_decoders
 
 __all__ = ["BACKENDS", "CompiledNetwork", "OnnxRuntimeNetwork", "load_backend", "resolve_backend", "uses_checkpoint"]
 
@@ -119,11 +122,13 @@ class OnnxRuntimeNetwork(_LazyRuntime):
         import onnxruntime as ort
 
         self.module.eval()
+        # decoders without the concat (same outputs): ~9 % less time per window in ONNX Runtime (profile_network.py)
+        exported = split_decoders(copy.deepcopy(self.module))
         buf = io.BytesIO()
         with torch.no_grad(), warnings.catch_warnings():  # trace-based exporter: the dynamo one needs onnxscript
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # PLIUNet's pad branch: inputs come padded
             warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript dependency
-            torch.onnx.export(self.module, x[:1].detach().clone(), buf, dynamo=False, input_names=["image"],
+            torch.onnx.export(exported, x[:1].detach().clone(), buf, dynamo=False, input_names=["image"],
                               output_names=["pred"], opset_version=17,
                               dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
         opts = ort.SessionOptions()
