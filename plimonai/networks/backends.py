@@ -128,7 +128,9 @@ class OnnxRuntimeNetwork(_LazyRuntime):
         with torch.no_grad(), warnings.catch_warnings():  # trace-based exporter: the dynamo one needs onnxscript
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # PLIUNet's pad branch: inputs come padded
             warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript dependency
-            torch.onnx.export(exported, x[:1].detach().clone(), buf, dynamo=False, input_names=["image"],
+            # traced on a small input (the axes are dynamic): tracing a whole 1024 window cost ~1.3 s per process
+            probe = torch.zeros(1, x.shape[1], 4 * self.multiple, 4 * self.multiple, dtype=x.dtype)
+            torch.onnx.export(exported, probe, buf, dynamo=False, input_names=["image"],
                               output_names=["pred"], opset_version=17,
                               dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
         opts = ort.SessionOptions()
