@@ -6,7 +6,7 @@
 # + mouse, rat, monkey, human-hemisphere slices (scripts/train_shipped_model.sh's sets), batches of 16 crops.
 # Rodent fine-tuning of the shipped model (session 6): only run A, more mouse and rat slices, no inference bench:
 #   OUT=results RUNS=A INIT_CKPT=bundle/models/model.pt RODENT_N=48 RODENT_VAL=3 RODENT_W=3 UNSCANNED=0.8 \
-#     LR_A=0.0003 EPOCHS=60 VAL=6 WORKERS=10 BENCH=0 bash scripts/gpu_train_bench.sh
+#     LR_A=0.0003 EPOCHS=70 VAL=7 WORKERS=10 BENCH=0 TRAIN_S=360 bash scripts/gpu_train_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/profile_network.py [--ckpt bundle/models/model.pt] [--batch 2] [--runs 3] [--out FILE.md]
 
 Builds the network of ``bundle/configs/inference.json`` (conv + BN fused, as the inference path does), exports it
-to ONNX as :class:`plimonai.networks.backends.OnnxRuntimeNetwork` does, and runs ``--runs`` profiled batches.
+with the ONNX Runtime backend's own export and session options (``plimonai.networks.backends.export_onnx``,
+``ort_session_options``), profiling on, and runs ``--runs`` profiled batches.
 Prints seconds per window, GFLOP/s against the fp32 matmul peak measured in the same run, the share of time per
 operator type, and the convolution kernels' own GFLOP/s (what the network would reach without the memory-bound
 operators between them).
@@ -13,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -33,7 +31,8 @@ def main() -> None:
     from bench_inference import conv_flops, matmul_peak_gflops
     from monai.bundle import ConfigParser
 
-    from plimonai.networks.fusion import fuse_conv_bn, split_decoders
+    from plimonai.networks.backends import export_onnx, ort_session_options
+    from plimonai.networks.fusion import fuse_conv_bn
     from plimonai.runtime import setup_runtime
     from plimonai.training import load_weights
 
@@ -51,20 +50,12 @@ def main() -> None:
     if a.ckpt and os.path.isfile(a.ckpt):
         net.load_state_dict(load_weights(a.ckpt))
     net = fuse_conv_bn(net)
-    if a.split_decoders:
-        split_decoders(net)
-    flops = conv_flops(net, (1024, 1024))
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.rand(1, 1, 64, 64), buf, dynamo=False, input_names=["image"], output_names=["pred"],
-                          opset_version=17, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    flops = conv_flops(net, (1024, 1024))  # the split decoders run the same convolutions
+    opts = ort_session_options(threads)
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / "plimonai_ort_profile")
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    onnx = export_onnx(net, 1, net.size_multiple, split=bool(a.split_decoders))
+    sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((a.batch, 1, 1024, 1024), dtype=np.float32)
     sess.run(None, {"image": x})  # warm-up (its events are dropped below)
     t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from monai.inferers import SlidingWindowInferer
 from scipy import ndimage
 
 from plimonai.runtime import trim_heap
+from plimonai.transforms.intensity import bilinear_weights
 from plimonai.transforms.post import TissueMaskPostprocess, remove_small_components
 
 __all__ = ["CoarsePrediction", "window_cores", "coarse_margin"]
@@ -80,10 +81,7 @@ def _edges(a: np.ndarray) -> np.ndarray:
 def _axis_weights(start: int, stop: int, scale: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear source indices and weights of output pixels [start, stop) on an axis ``scale`` times finer
     than the ``n`` source pixels, with half-pixel centres (``F.interpolate(align_corners=False)``)."""
-    c = np.clip((np.arange(start, stop) + 0.5) / scale - 0.5, 0.0, n - 1.0)
-    i0 = np.floor(c).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n - 1)
-    return i0, i1, (c - i0).astype(np.float32)
+    return bilinear_weights((np.arange(start, stop) + 0.5) / scale - 0.5, n)
 
 
 class CoarsePrediction:

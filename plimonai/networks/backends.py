@@ -105,6 +105,39 @@ class _LazyRuntime(nn.Module):
         return x, h, w
 
 
+def export_onnx(module: nn.Module, in_channels: int, multiple: int = 16, split: bool = True) -> bytes:
+    """ONNX (opset 17, dynamic batch, height, width) of a PLIUNet-like ``module`` in eval mode, as bytes.
+
+    ``split``: decoders without the concat (:func:`~plimonai.networks.fusion.split_decoders`, same outputs), ~9 % less
+    time per window in ONNX Runtime (``scripts/profile_network.py``). Traced on a small ``4 * multiple`` square probe
+    (the axes are dynamic; tracing a whole 1024 window cost ~1.3 s per process). ``module`` is not changed.
+    """
+    module.eval()
+    exported = split_decoders(copy.deepcopy(module)) if split else module
+    probe = torch.zeros(1, in_channels, 4 * multiple, 4 * multiple)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():  # trace-based exporter: the dynamo one needs onnxscript
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # PLIUNet's pad branch: inputs come padded
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript dependency
+        torch.onnx.export(exported, probe, buf, dynamo=False, input_names=["image"], output_names=["pred"],
+                          opset_version=17,
+                          dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
+    return buf.getvalue()
+
+
+def ort_session_options(threads: int | None = None, mem_arena: bool = True):
+    """The CPU session options of :class:`OnnxRuntimeNetwork`: ``threads`` intra-op (default: torch's), one
+    inter-op thread, every graph optimisation, the memory arena on or off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_cpu_mem_arena = bool(mem_arena)
+    return opts
+
+
 class OnnxRuntimeNetwork(_LazyRuntime):
     """ONNX Runtime (CPU) form of ``module``: ``(B, C, H, W)`` float32 -> ``(B, K, H, W)`` logits.
 
@@ -121,25 +154,10 @@ class OnnxRuntimeNetwork(_LazyRuntime):
     def _build(self, x: torch.Tensor):
         import onnxruntime as ort
 
-        self.module.eval()
-        # decoders without the concat (same outputs): ~9 % less time per window in ONNX Runtime (profile_network.py)
-        exported = split_decoders(copy.deepcopy(self.module))
-        buf = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():  # trace-based exporter: the dynamo one needs onnxscript
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # PLIUNet's pad branch: inputs come padded
-            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript dependency
-            # traced on a small input (the axes are dynamic): tracing a whole 1024 window cost ~1.3 s per process
-            probe = torch.zeros(1, x.shape[1], 4 * self.multiple, 4 * self.multiple, dtype=x.dtype)
-            torch.onnx.export(exported, probe, buf, dynamo=False, input_names=["image"],
-                              output_names=["pred"], opset_version=17,
-                              dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "pred": {0: "b", 2: "h", 3: "w"}})
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(self.threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_cpu_mem_arena = bool(self.mem_arena)
+        opts = ort_session_options(self.threads, self.mem_arena)
         logger.info("ONNX Runtime session built (%d threads)", opts.intra_op_num_threads)
-        return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(export_onnx(self.module, x.shape[1], self.multiple), opts,
+                                    providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, h, w = self._pad(x.detach().to("cpu", torch.float32).contiguous())

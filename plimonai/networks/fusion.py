@@ -66,8 +66,8 @@ class SplitDecoder(nn.Module):
 
 
 def split_decoders(model: nn.Module) -> nn.Module:
-    """Replace every decoder block of a conv+BN-fused PLIUNet (:func:`fuse_conv_bn` first) by a :class:`SplitDecoder`,
-    in place; returns the model. For inference only (eval mode)."""
+    """Replace every decoder block of a PLIUNet (conv + BN fused by :func:`fuse_conv_bn` or not) by a
+    :class:`SplitDecoder`, in place; returns the model. For inference only (eval mode)."""
     from .unet import DecoderBlock
 
     model.eval()

@@ -25,6 +25,7 @@ __all__ = [
     "estimate_illumination",
     "fit_illumination",
     "IlluminationField",
+    "bilinear_weights",
     "RegionNormalizer",
     "NormalizeTransmittance",
     "NormalizeTransmittanced",
@@ -89,15 +90,16 @@ class IlluminationField:
         for j in range(1, d + 1):
             field += a[:, j : j + 1] * pxf[j]
         if self.corr is not None:  # bilinear between block centres, element-wise (bands = whole field)
-            (y0, y1, wy), (x0, x1, wx) = (_grid_weights(np.asarray(c, np.float64) / b - 0.5, n)
+            (y0, y1, wy), (x0, x1, wx) = (bilinear_weights(np.asarray(c, np.float64) / b - 0.5, n)
                                           for c, n in ((y_centres, hb), (x_centres, wb)))
             rows = self.corr[y0] * (1 - wy)[:, None] + self.corr[y1] * wy[:, None]
             field *= rows[:, x0] * (1 - wx) + rows[:, x1] * wx
         return np.clip(field, 0.5 * self.median, 1.5 * self.median)
 
 
-def _grid_weights(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear indices and float32 weights of positions ``c`` (in grid units) on a grid of ``n`` nodes, clamped."""
+def bilinear_weights(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear interpolation along one axis: for positions ``c`` (float64, in grid units, clamped to the ``n``
+    nodes) the lower and upper node indices and the float32 weight of the upper one."""
     c = np.clip(c, 0.0, n - 1.0)
     i0 = np.floor(c).astype(np.int64)
     return i0, np.minimum(i0 + 1, n - 1), (c - i0).astype(np.float32)
@@ -185,18 +187,20 @@ def fit_illumination(
         if keep.sum() < max(3 * len(pairs), min_glass_blocks * finite.sum()):
             return None
         coef, *_ = np.linalg.lstsq(a[keep], vv[keep], rcond=None)
-        r = vv - a @ coef
+        fitted = a @ coef
+        r = vv - fitted
         sigma = 1.4826 * np.median(np.abs(r[keep])) + 1e-9
         keep = finite & (r > -3.0 * sigma)
     c = np.zeros((degree + 1, degree + 1))
     for (i, j), v in zip(pairs, coef):
         c[i, j] = v
+    level = float(np.median(vv[keep]))
     corr = None
     if local_step is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
-            q = (vv / (a @ coef)).reshape(hb, wb)
-        corr = local_correction(q, keep.reshape(hb, wb), local_step, noise=sigma / float(np.median(vv[keep])))
-    return IlluminationField(c, b, (hb, wb), float(np.median(vv[keep])), corr)
+            q = (vv / fitted).reshape(hb, wb)
+        corr = local_correction(q, keep.reshape(hb, wb), local_step, noise=sigma / level)
+    return IlluminationField(c, b, (hb, wb), level, corr)
 
 
 def estimate_illumination(
