@@ -115,12 +115,14 @@ def main() -> None:
     ap.add_argument("--forwards", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bundle/docs/bench_training.md"))
+    ap.add_argument("--variants", type=int, default=0,
+                    help="only the first N rows (2: plain PyTorch and the plimonai default, e.g. for long --steps)")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.steps, args.forwards)))
         return
     results = []
-    for name, env in variants():
+    for name, env in variants()[: args.variants or None]:
         e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "PLIMONAI_ALLOCATOR")}
         e.update(env)
         r = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--forwards", str(args.forwards)],

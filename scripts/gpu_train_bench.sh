@@ -4,6 +4,10 @@
 #   OUT=results INIT_CKPT=runs/gpu_init/init.pt TRAIN_S=330 bash scripts/gpu_train_bench.sh
 # A: the shipped width (8..128) from INIT_CKPT; B: 16..256 from scratch. Both on human LAP (hard slices 3x)
 # + mouse, rat, monkey, human-hemisphere slices (scripts/train_shipped_model.sh's sets), batches of 16 crops.
+# Two fine-tunes of the shipped model side by side (session 7: out-of-focus clump augmentation, lr 1e-4 and 2e-4):
+#   OUT=results RUNS="A B" INIT_CKPT=bundle/models/model.pt B_INIT=bundle/models/model.pt B_ARGS='--learning_rate 0.0002' \
+#     LR_A=0.0001 TRAIN_EXTRA='--train#augmentation#18#clump_prob 0.5' RODENT_N=48 RODENT_VAL=1 RODENT_W=2 UNSCANNED=0.8 \
+#     EPOCHS=85 VAL=10 WORKERS=7 BENCH=0 TRAIN_S=450 bash scripts/gpu_train_bench.sh
 # Rodent fine-tuning of the shipped model (session 6): only run A, more mouse and rat slices, no inference bench:
 #   OUT=results RUNS=A INIT_CKPT=bundle/models/model.pt RODENT_N=48 RODENT_VAL=3 RODENT_W=3 UNSCANNED=0.8 \
 #     LR_A=0.0003 EPOCHS=70 VAL=7 WORKERS=10 BENCH=0 TRAIN_S=360 bash scripts/gpu_train_bench.sh
@@ -15,6 +19,8 @@ PATCH=${PATCH:-512}; BATCH=${BATCH:-16}; WORKERS=${WORKERS:-7}; BENCH_N=${BENCH_
 RUNS=${RUNS:-A B}; LR_A=${LR_A:-0.0005}; RODENT_N=${RODENT_N:-12}; RODENT_VAL=${RODENT_VAL:-1}; RODENT_W=${RODENT_W:-2}
 UNSCANNED=${UNSCANNED:-0.5}  # probability of zero-padded unscanned bands in the non-human classes
 read -r -a GEN_EXTRA <<< "${GEN_EXTRA:-}"  # e.g. GEN_EXTRA='--shape [260,347]' for a quick CPU smoke run
+read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"  # config overrides for both runs, e.g. '--train#augmentation#18#clump_prob 0.5'
+read -r -a B_ARGS <<< "${B_ARGS:---learning_rate 0.001 --network_def#channels [16,32,64,128,256]}"  # run B: wide, from scratch
 mkdir -p "$OUT" "$G"
 export PYTHONUNBUFFERED=1
 t0=$(date +%s); stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
@@ -44,12 +50,13 @@ train() { local name=$1; shift
     --output_dir "runs/gpu_$name" --ckpt_dir "runs/gpu_$name" --checkpoint_dir "runs/gpu_$name/ckpt" \
     --patch_size "[$PATCH,$PATCH]" --num_samples 1 --batch_size "$BATCH" --epochs "$EPOCHS" --val_interval "$VAL" \
     --save_interval 100 --num_workers "$WORKERS" --cache_workers 8 --num_threads 1 \
-    "--train#augmentation#4#prob" 0.0 "--train#augmentation#12#prob" 0.0 "--train#augmentation#13#prob" 0.0 "$@" \
+    "--train#augmentation#4#prob" 0.0 "--train#augmentation#12#prob" 0.0 "--train#augmentation#13#prob" 0.0 "${TRAIN_EXTRA[@]}" "$@" \
     > "$OUT/train_$name.log" 2>&1
   stamp "training $name ended (rc $?)"; }
 init=(); [ -n "${INIT_CKPT:-}" ] && init=(--init_ckpt "$INIT_CKPT")
 case " $RUNS " in *" A "*) train A --learning_rate "$LR_A" "${init[@]}" & ;; esac
-case " $RUNS " in *" B "*) train B --learning_rate 0.001 --network_def#channels "[16,32,64,128,256]" & ;; esac
+initb=(); [ -n "${B_INIT:-}" ] && initb=(--init_ckpt "$B_INIT")
+case " $RUNS " in *" B "*) train B "${B_ARGS[@]}" "${initb[@]}" & ;; esac
 wait
 # weights back: best-validation model and the newest checkpoint's model of each run; A's full checkpoint
 $PY - "$OUT" <<'EOF'

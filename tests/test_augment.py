@@ -48,3 +48,28 @@ def test_seeded_and_off_by_default():
     assert torch.equal(a, b)
     off = RandBackgroundArtifactsd("image", prob=0.0)(sample(0))
     assert torch.equal(off["image"], sample(0)["image"])
+
+
+def test_out_of_focus_clumps_are_soft_and_off_the_tissue():
+    t = RandBackgroundArtifactsd("image", prob=1.0, max_dust=0, max_bubbles=0, max_strokes=0, clump_prob=1.0, max_clumps=2)
+    t.set_random_state(3)
+    soft = 0
+    for i in range(8):
+        d0 = sample(i)
+        d = t(d0)
+        diff = (d["image"] - d0["image"])[0].numpy()
+        near = ndimage.binary_dilation(d0["label"][0].numpy() > 0, iterations=4)
+        assert np.all(diff[near] == 0) and torch.equal(d["label"], d0["label"])
+        assert diff.max() > 0.01  # something painted every time
+        blob = diff > 0.2 * diff.max()
+        # out of focus: wide (tens of px) and, away from the cut at the tissue margin, the steepest step
+        # between neighbours is a small part of the peak
+        far = ~ndimage.binary_dilation(near, iterations=2)
+        steep = max(np.abs(np.diff(diff, axis=0))[far[1:] & far[:-1]].max(),
+                    np.abs(np.diff(diff, axis=1))[far[:, 1:] & far[:, :-1]].max())
+        soft += int(blob.sum() > 30 and steep < 0.35 * diff.max())
+    assert soft >= 6
+    # off by default: the same seed paints exactly what it painted before the clumps existed
+    a = RandBackgroundArtifactsd("image", prob=1.0, edge_prob=0.5).set_random_state(7)(sample(0))["image"]
+    b = RandBackgroundArtifactsd("image", prob=1.0, edge_prob=0.5, clump_prob=0.0).set_random_state(7)(sample(0))["image"]
+    assert torch.equal(a, b)

@@ -35,11 +35,33 @@ def test_onnxruntime_matches_eager(x):
     assert isinstance(ort, bk.OnnxRuntimeNetwork) and ort.module is net
     with torch.inference_mode():
         ref, out = net(x), ort(x)
-        odd = ort(x[:1, :, :37, :50])  # another size, batch 1: the same session (dynamic axes)
+        odd = ort(x[:1, :, :37, :50])  # another size, batch 1: a second fixed-size session
         ref_odd = net(x[:1, :, :37, :50])
+        third = ort(x[:, :, :64, :64])  # a third size: beyond max_shapes, the dynamic session
+        ref_third = net(x[:, :, :64, :64])
+        again = ort(x[:1])  # the first size at another batch size: its session again
     assert out.shape == ref.shape and odd.shape == ref_odd.shape
     assert torch.allclose(out, ref, atol=1e-4) and torch.allclose(odd, ref_odd, atol=1e-4)
+    assert torch.allclose(third, ref_third, atol=1e-4) and torch.allclose(again, ref[:1], atol=1e-4)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.999
+    sessions = ort._runtime["sessions"]  # padded sizes (multiple of 4) -> session; None: any size
+    assert set(sessions) == {(96, 132), (40, 52), None}
+    fixed = [i.shape for i in sessions[(96, 132)].get_inputs()][0]
+    assert fixed[1:] == [1, 96, 132] and not isinstance(fixed[0], int)  # spatial size fixed, batch dynamic
+    assert not all(isinstance(d, int) for d in sessions[None].get_inputs()[0].shape)
+
+
+def test_fixed_size_graph_same_outputs(x):
+    pytest.importorskip("onnxruntime")
+    net = trained_like_net()
+    model = bk.export_onnx(net, 1, 4)
+    opts = bk.ort_session_options(1)
+    dyn, fixed = bk.ort_session(model, opts), bk.ort_session(model, opts, (96, 132))
+    xp = torch.nn.functional.pad(x, (0, 2)).numpy()
+    a, b = dyn.run(None, {"image": xp})[0], fixed.run(None, {"image": xp})[0]
+    assert a.shape == b.shape == (2, 2, 96, 132) and abs(a - b).max() < 1e-4
+    with pytest.raises(Exception):  # the fixed graph refuses another size instead of computing garbage
+        fixed.run(None, {"image": xp[..., :64]})
 
 
 def test_onnxruntime_takes_new_weights(x):

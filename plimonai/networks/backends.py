@@ -10,8 +10,8 @@ or an exported TorchScript model.
   else eager.
 - ``"eager"``: the ``network_def`` module itself.
 - ``"onnxruntime"``: :class:`OnnxRuntimeNetwork`, which exports the loaded (and conv+BN-fused)
-  ``network_def`` to ONNX in memory on its first call and runs it in one ONNX Runtime session per
-  process. CPU execution provider.
+  ``network_def`` to ONNX in memory on its first call and runs it in ONNX Runtime, one session per
+  process and window size. CPU execution provider.
 - ``"compile"``: :class:`CompiledNetwork`, ``torch.compile`` with inductor freezing on first call
   (tens of seconds of compilation; needs a C++ compiler on CPU, falls back to eager with a warning).
 - ``"torchscript"``: the TorchScript module at ``ts_path`` (``models/model.ts``, written by
@@ -39,7 +39,8 @@ from torch import nn
 
 from .fusion import split_decoders
 
-__all__ = ["BACKENDS", "CompiledNetwork", "OnnxRuntimeNetwork", "load_backend", "resolve_backend", "uses_checkpoint"]
+__all__ = ["BACKENDS", "CompiledNetwork", "OnnxRuntimeNetwork", "export_onnx", "fix_spatial_shape", "load_backend", "ort_session",
+           "ort_session_options", "resolve_backend", "uses_checkpoint"]
 
 BACKENDS = ("auto", "eager", "onnxruntime", "compile", "torchscript")
 logger = logging.getLogger(__name__)
@@ -125,6 +126,32 @@ def export_onnx(module: nn.Module, in_channels: int, multiple: int = 16, split: 
     return buf.getvalue()
 
 
+def fix_spatial_shape(model: bytes, h: int, w: int) -> bytes:
+    """The ONNX ``model`` of :func:`export_onnx` with its input and output fixed to ``h x w`` (batch stays dynamic).
+
+    With concrete sizes ONNX Runtime's shape inference proves that a decoder's two branches have one shape, so
+    its NCHWc optimiser fuses their sum and ReLU into the next conv; with symbolic sizes it inserts
+    Reshape / Add / Relu instead (~9 % more time per 1024 x 1024 window, ``scripts/profile_network.py``).
+    """
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    for v in [*proto.graph.input, *proto.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        for i, size in ((2, h), (3, w)):
+            dims[i].ClearField("dim_param")
+            dims[i].dim_value = int(size)
+    del proto.graph.value_info[:]  # the tracer's symbolic intermediate shapes: ORT infers them again
+    return proto.SerializeToString()
+
+
+def ort_session(model: bytes, opts, hw: tuple[int, int] | None = None):
+    """A CPU ``InferenceSession`` of ``model`` (:func:`export_onnx`), its spatial size fixed to ``hw`` when given."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(fix_spatial_shape(model, *hw) if hw else model, opts, providers=["CPUExecutionProvider"])
+
+
 def ort_session_options(threads: int | None = None, mem_arena: bool = True):
     """The CPU session options of :class:`OnnxRuntimeNetwork`: ``threads`` intra-op (default: torch's), one
     inter-op thread, every graph optimisation, the memory arena on or off."""
@@ -141,29 +168,34 @@ def ort_session_options(threads: int | None = None, mem_arena: bool = True):
 class OnnxRuntimeNetwork(_LazyRuntime):
     """ONNX Runtime (CPU) form of ``module``: ``(B, C, H, W)`` float32 -> ``(B, K, H, W)`` logits.
 
-    Exported in memory with the trace-based exporter (dynamic batch, height, width) on the first
-    call, one session per wrapper (so per process). Inputs are padded to ``multiple`` and cropped back.
+    Exported in memory with the trace-based exporter on the first call (once per wrapper, so per process);
+    one session per padded input size (:func:`fix_spatial_shape`, a sliding window run has one), at most
+    ``max_shapes`` of them, then one session with dynamic sizes for any further size. Inputs are padded to
+    ``multiple`` and cropped back.
     """
 
     def __init__(self, module: nn.Module, multiple: int | None = None, threads: int | None = None,
-                 mem_arena: bool = True) -> None:
+                 mem_arena: bool = True, max_shapes: int = 2) -> None:
         super().__init__(module, multiple or getattr(module, "size_multiple", None) or 16)
         self.threads = threads
         self.mem_arena = mem_arena  # False: activations freed after each run (about 0.35 GB less peak, 1024 windows)
+        self.max_shapes = int(max_shapes)  # each session holds its own memory arena
 
-    def _build(self, x: torch.Tensor):
-        import onnxruntime as ort
-
-        opts = ort_session_options(self.threads, self.mem_arena)
-        logger.info("ONNX Runtime session built (%d threads)", opts.intra_op_num_threads)
-        return ort.InferenceSession(export_onnx(self.module, x.shape[1], self.multiple), opts,
-                                    providers=["CPUExecutionProvider"])
+    def _session(self, x: torch.Tensor):
+        if self._runtime is None:
+            self._runtime = {"model": export_onnx(self.module, x.shape[1], self.multiple), "sessions": {}}
+        sessions = self._runtime["sessions"]
+        hw = tuple(x.shape[-2:])
+        key = hw if (hw in sessions or len(sessions) < self.max_shapes) else None
+        if key not in sessions:
+            opts = ort_session_options(self.threads, self.mem_arena)
+            logger.info("ONNX Runtime session built for %s (%d threads)", key or "any size", opts.intra_op_num_threads)
+            sessions[key] = ort_session(self._runtime["model"], opts, key)
+        return sessions[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, h, w = self._pad(x.detach().to("cpu", torch.float32).contiguous())
-        if self._runtime is None:
-            self._runtime = self._build(xp)
-        out = self._runtime.run(["pred"], {"image": xp.numpy()})[0]
+        out = self._session(xp).run(["pred"], {"image": xp.numpy()})[0]
         return torch.from_numpy(out)[..., :h, :w].to(x.device)
 
 
