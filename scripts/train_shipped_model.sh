@@ -3,6 +3,8 @@
 # Resumable: rerunning continues from the newest checkpoint in bundle/models/checkpoints/.
 #   stages 1-2 (human LAP only): DATALIST=samples/train_lap/datalist.json EPOCHS=36 LR=0.001 bash scripts/train_shipped_model.sh
 #   stage 4 (mixed classes, weighted): INIT_CKPT=CKPT EPOCHS=30 VAL_INTERVAL=3 bash scripts/train_shipped_model.sh
+# The GPU stages after these (session 5: the v0.3.0 weights; session 7: rodent fine-tuning with frozen batch-norm
+# statistics, the v0.4.0 weights) ran scripts/gpu_train_bench.sh; commands in bundle/docs/training.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
