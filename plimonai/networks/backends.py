@@ -131,7 +131,7 @@ def fix_spatial_shape(model: bytes, h: int, w: int) -> bytes:
 
     With concrete sizes ONNX Runtime's shape inference proves that a decoder's two branches have one shape, so
     its NCHWc optimiser fuses their sum and ReLU into the next conv; with symbolic sizes it inserts
-    Reshape / Add / Relu instead (~9 % more time per 1024 x 1024 window, ``scripts/profile_network.py``).
+    Reshape / Add / Relu instead (5-9 % more time per 1024 x 1024 window, ``scripts/profile_network.py``).
     """
     import onnx
 
