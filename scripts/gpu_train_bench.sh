@@ -8,6 +8,8 @@
 #   OUT=results RUNS="A B" INIT_CKPT=bundle/models/model.pt B_INIT=bundle/models/model.pt B_ARGS='--learning_rate 0.0002' \
 #     LR_A=0.0001 TRAIN_EXTRA='--train#augmentation#18#clump_prob 0.5' RODENT_N=48 RODENT_VAL=1 RODENT_W=2 UNSCANNED=0.8 \
 #     EPOCHS=85 VAL=10 WORKERS=7 BENCH=0 TRAIN_S=450 bash scripts/gpu_train_bench.sh
+#   (the second call, whose run A is the shipped v0.4.0, added '--freeze_bn_stats True' to TRAIN_EXTRA, LR_A=0.0002,
+#   B_ARGS='--learning_rate 0.0002 --anchor_strength 20', TRAIN_S=370: bundle/docs/training.md)
 # Rodent fine-tuning of the shipped model (session 6): only run A, more mouse and rat slices, no inference bench:
 #   OUT=results RUNS=A INIT_CKPT=bundle/models/model.pt RODENT_N=48 RODENT_VAL=3 RODENT_W=3 UNSCANNED=0.8 \
 #     LR_A=0.0003 EPOCHS=70 VAL=7 WORKERS=10 BENCH=0 TRAIN_S=360 bash scripts/gpu_train_bench.sh

@@ -70,7 +70,7 @@ def main() -> None:
         sec = (time.perf_counter() - t0) / a.runs / a.batch
         rounds.append((peak, sec, flops / sec / 1e9 / peak))
     del sess
-    peaks, secs, shares = (np.array(v) for v in zip(*rounds))
+    _, secs, shares = (np.array(v) for v in zip(*rounds))
     k = int(np.argsort(shares)[len(shares) // 2])  # the median round
 
     # where the time goes: a second session with ONNX Runtime's profiler on (it adds a little per operator)

@@ -63,7 +63,8 @@ class AnchorToInit:
 class KeepBatchNormStats:
     """Keep every batch norm of ``engine.network`` in eval mode during training (``enabled``): its running
     statistics stay those of the starting model and normalise the training batches too; affine weights
-    still train. Trainers call ``network.train()`` every iteration, so a forward pre-hook re-applies it."""
+    still train. Trainers call ``network.train()`` every iteration, so a forward pre-hook re-applies it
+    (:func:`plimonai.training.freeze`'s)."""
 
     def __init__(self, enabled: bool = False) -> None:
         self.enabled = bool(enabled)
@@ -73,15 +74,12 @@ class KeepBatchNormStats:
             engine.add_event_handler(Events.STARTED, self._hook)
 
     def _hook(self, engine: Engine) -> None:
-        norms = [m for m in _unwrap(engine.network).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        from plimonai.training import _KeepEval  # the pre-hook freeze() uses for frozen submodules
 
-        def keep_eval(module: nn.Module, args) -> None:
-            if module.training:
-                for m in norms:
-                    m.eval()
-
-        engine.network.register_forward_pre_hook(keep_eval)
-        logger.info("batch-norm statistics frozen (%d layers)", len(norms))
+        net = _unwrap(engine.network)  # DDP's forward calls it, so its pre-hook runs under DDP too
+        names = [n for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        net.register_forward_pre_hook(_KeepEval(names))
+        logger.info("batch-norm statistics frozen (%d layers)", len(names))
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
